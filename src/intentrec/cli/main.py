@@ -1,0 +1,75 @@
+"""The ``intentrec`` command. Each sub-command lives in its own module with a ``register(app)``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from intentrec import __version__
+from intentrec.errors import IntentrecError
+
+app = typer.Typer(
+    name="intentrec",
+    help=(
+        "LLM-enhanced session-based recommendation.\n\n"
+        "Typical flow: intentrec prepare → intentrec train → intentrec evaluate → intentrec recommend."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+_COMMAND_MODULES = ("prepare", "train", "semantic")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"intentrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """intentrec command line."""
+
+
+for _name in _COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"intentrec.cli.{_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"intentrec.cli.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    """Entry point: user errors become one clear message and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except IntentrecError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.secho("aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

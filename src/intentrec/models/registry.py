@@ -1,0 +1,45 @@
+"""Backbone registry: ``@register_backbone("srgnn")`` and ``build_backbone("srgnn", n, {...})``."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from intentrec.models.base import Backbone
+from intentrec.registry import Registry
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
+register_backbone = BACKBONES.register
+
+# Modules that register backbones on import. Listed here so the registry is complete on first use.
+_BACKBONE_MODULES = (
+    "gru4rec",
+    "narm",
+    "stamp",
+    "sasrec",
+    "srgnn",
+    "gcsan",
+    "niser",
+    "tagnn",
+    "gcegnn",
+)
+
+
+def load_all() -> None:
+    for name in _BACKBONE_MODULES:
+        try:
+            importlib.import_module(f"intentrec.models.backbones.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"intentrec.models.backbones.{name}":
+                raise
+
+
+def backbone_class(name: str) -> type[Backbone]:
+    load_all()
+    return BACKBONES.get(name)
+
+
+def build_backbone(name: str, num_items: int, config: dict[str, Any] | None = None) -> Backbone:
+    cls = backbone_class(name)
+    cfg = cls.Config.build(config, where=f"config of backbone '{name}'")
+    return cls(num_items, cfg)
