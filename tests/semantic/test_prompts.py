@@ -1,0 +1,139 @@
+"""Prompt templates: registry, wording invariants, truncation rules, parsing per template."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from intentrec.errors import ConfigError, IntentrecError
+from intentrec.semantic.prompts import (
+    FewShotExample,
+    ItemText,
+    PromptContext,
+    get_template,
+    prompt_text,
+    template_names,
+    truncate_title,
+)
+
+SESSION = [
+    ItemText("B001", "OPI Nail Lacquer, Simmer and Shimmer, 0.5-Fluid Ounce"),
+    ItemText("B002", "Essie Gel Couture Top Coat"),
+    ItemText("B003", None),
+]
+CANDIDATES = [ItemText(f"C{i}", f"Candidate product {i}") for i in range(60)]
+EXAMPLES = [
+    FewShotExample([ItemText("X1", "Mascara"), ItemText("X2", "Eye primer")], ItemText("X3", "Eyeliner"), "Eye make-up."),
+    FewShotExample([ItemText("Y1", "Shampoo")], ItemText("Y2", "Conditioner"), "Hair care."),
+]
+FULL = PromptContext(session=SESSION, candidates=CANDIDATES, examples=EXAMPLES)
+
+ALL = ["dmsrec", "llm4sbr-long", "llm4sbr-normal", "llm4sbr-short", "semsr-fs", "semsr-fs-cot", "semsr-zs-cot"]
+
+
+def test_registry_holds_every_template() -> None:
+    assert template_names() == ALL
+
+
+def test_unknown_template_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="llm4sbr-long"):
+        get_template("llm4sbr-medium")
+
+
+def test_unknown_option_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="max_sesion_items"):
+        get_template("llm4sbr-long", max_sesion_items=3)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_messages_are_system_then_user_and_deterministic(name: str) -> None:
+    template = get_template(name)
+    messages = template.build(FULL)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert all(isinstance(m["content"], str) and m["content"] for m in messages)
+    assert template.build(FULL) == messages
+    assert template.name == name
+    assert template.version
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_session_items_are_numbered_with_title_and_id(name: str) -> None:
+    user = get_template(name).build(FULL)[1]["content"]
+    assert "1. OPI Nail Lacquer, Simmer and Shimmer, 0.5-Fluid Ounce [ID: B001]" in user
+    assert "2. Essie Gel Couture Top Coat [ID: B002]" in user
+    assert "3. [ID: B003]" in user  # an untitled item is shown by its id
+
+
+def test_every_template_has_its_own_prompt() -> None:
+    users = {name: get_template(name).build(FULL)[1]["content"] for name in ALL}
+    assert len(set(users.values())) == len(ALL)
+
+
+def test_long_short_normal_differ_only_in_the_qualifier() -> None:
+    long_ = get_template("llm4sbr-long").build(FULL)[1]["content"]
+    short = get_template("llm4sbr-short").build(FULL)[1]["content"]
+    normal = get_template("llm4sbr-normal").build(FULL)[1]["content"]
+    assert "long-term" in long_ and "long-term" not in short and "long-term" not in normal
+    assert "latest" in short and "latest" not in long_ and "latest" not in normal
+    assert "one item name" in long_ and "one item name" in short and "one item name" in normal
+
+
+def test_long_sessions_keep_the_most_recent_items() -> None:
+    session = [ItemText(f"I{i}", f"Title {i}") for i in range(30)]
+    user = get_template("llm4sbr-long", max_session_items=5).build(PromptContext(session))[1]["content"]
+    assert "1. Title 25 [ID: I25]" in user
+    assert "5. Title 29 [ID: I29]" in user
+    assert "Title 24 " not in user and "6." not in user
+
+
+def test_titles_are_truncated_to_the_word_and_char_budget() -> None:
+    assert truncate_title("a b c d e", 3, 100) == "a b c…"
+    assert truncate_title("a b c", 3, 100) == "a b c"
+    assert truncate_title("x" * 50, 10, 20) == "x" * 20 + "…"
+    title = " ".join(f"w{i}" for i in range(40))
+    user = get_template("llm4sbr-long", max_title_words=4).build(PromptContext([ItemText("A", title)]))[1]["content"]
+    assert "1. w0 w1 w2 w3… [ID: A]" in user
+
+
+def test_dmsrec_lists_at_most_max_candidates_and_asks_for_separator() -> None:
+    user = get_template("dmsrec").build(FULL)[1]["content"]
+    assert "50. Candidate product 49 [ID: C49]" in user
+    assert "Candidate product 50" not in user
+    assert "';'" in user
+
+
+def test_dmsrec_needs_candidates() -> None:
+    with pytest.raises(IntentrecError, match="candidate"):
+        get_template("dmsrec").build(PromptContext(SESSION))
+
+
+@pytest.mark.parametrize("name", ["semsr-fs", "semsr-fs-cot"])
+def test_few_shot_templates_need_and_show_examples(name: str) -> None:
+    with pytest.raises(IntentrecError, match="few-shot"):
+        get_template(name).build(PromptContext(SESSION))
+    user = get_template(name).build(FULL)[1]["content"]
+    assert "Answer: Eyeliner" in user and "Answer: Conditioner" in user
+    assert ("Reasoning: Eye make-up." in user) == name.endswith("cot")
+
+
+def test_empty_session_is_an_error() -> None:
+    with pytest.raises(IntentrecError, match="no items"):
+        get_template("llm4sbr-long").build(PromptContext([]))
+
+
+def test_parsers_per_template() -> None:
+    assert get_template("llm4sbr-long").parse("1. Essie Top Coat [ID: B002]").texts == ["Essie Top Coat"]
+    assert get_template("dmsrec").parse("Candidate product 1; Candidate product 7").texts == [
+        "Candidate product 1",
+        "Candidate product 7",
+    ]
+    assert get_template("semsr-zs-cot").parse("Reasoning: nails.\nAnswer: Top coat").texts == ["Top coat"]
+    assert get_template("semsr-fs").parse("Answer: Top coat").texts == ["Top coat"]
+
+
+def test_prompt_text_is_canonical_json() -> None:
+    messages = get_template("llm4sbr-short").build(FULL)
+    text = prompt_text(messages)
+    assert json.loads(text) == messages
+    assert prompt_text([dict(reversed(list(m.items()))) for m in messages]) == text
