@@ -1,0 +1,284 @@
+"""``intentrec train``, ``intentrec evaluate`` and ``intentrec recommend``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from intentrec.config import deep_merge, load_config_file, parse_overrides
+from intentrec.errors import ConfigError, IntentrecError
+
+TRAIN_HELP = """Train a backbone on a prepared dataset into a run folder.
+
+Settings, from lowest to highest priority: the backbone's paper defaults, --config FILE (YAML/JSON
+with optional 'model:' and 'train:' sections), then --set. Keys are 'model.<field>' (backbone),
+'train.<field>' (trainer), or unprefixed: resolved against the trainer first, then the backbone.
+
+Running the same command again resumes an interrupted run (only train.epochs may change);
+--no-resume replaces the run instead.
+
+[bold]Examples[/bold]
+
+  intentrec train data/beauty --model srgnn --out runs/srgnn-s0
+
+  intentrec train data/beauty --model stamp --set embedding_dim=64 --set train.epochs=10 --out runs/x
+
+  intentrec train data/beauty --model srgnn --select-on test --out runs/paper   [dim](paper mode)[/dim]
+"""
+
+EVALUATE_HELP = """Evaluate a run's best checkpoint with exact full ranking over all items.
+
+[bold]Examples[/bold]
+
+  intentrec evaluate runs/srgnn-s0
+
+  intentrec evaluate runs/srgnn-s0 --split valid --slices --json
+"""
+
+RECOMMEND_HELP = """Recommend next items for a session given as original item ids (oldest first).
+
+[bold]Examples[/bold]
+
+  intentrec recommend runs/srgnn-s0 --items B0001,B0002 --k 5
+
+  intentrec recommend runs/srgnn-s0 --items 1,32,50 --json
+"""
+
+PAPER_BANNER = (
+    "PAPER MODE — model selection on TEST. Test numbers are the per-metric MAXIMUM over epochs "
+    "on the test split and are optimistically biased."
+)
+
+
+class SelectOn(str, Enum):
+    valid = "valid"
+    test = "test"
+
+
+class Split(str, Enum):
+    valid = "valid"
+    test = "test"
+
+
+def _console() -> Console:
+    return Console(soft_wrap=False)
+
+
+def resolve_settings(
+    model_name: str, config_file: Path | None, overrides: list[str] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model, trainer) dicts from a config file and ``--set`` pairs; ``--set`` wins."""
+    from intentrec.models.registry import backbone_class
+    from intentrec.training.run import split_settings
+
+    cls = backbone_class(model_name)
+    file_model, file_train = split_settings(load_config_file(config_file), cls) if config_file else ({}, {})
+    set_model, set_train = split_settings(parse_overrides(overrides), cls)
+    return deep_merge(file_model, set_model), deep_merge(file_train, set_train)
+
+
+def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
+    """One row per metric (HR@5, ...), one column per entry of ``columns``."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    keys = next(iter(columns.values())).keys() if columns else []
+    for key in keys:
+        table.add_row(key, *(f"{values[key]:.4f}" if key in values else "-" for values in columns.values()))
+    return table
+
+
+def slices_table(sliced: dict[str, dict[str, Any]], keys: list[str]) -> Table:
+    """Buckets as columns (fits a narrow terminal); the bucket rules go in the caption."""
+    table = Table(
+        title="by target popularity (train clicks)",
+        caption="; ".join(f"{name}: {row['rule']}" for name, row in sliced.items()),
+    )
+    table.add_column("")
+    for name in sliced:
+        table.add_column(name, justify="right")
+    table.add_row("items", *(str(row["items"]) for row in sliced.values()))
+    table.add_row("examples", *(str(row["count"]) for row in sliced.values()), end_section=True)
+    for key in keys:
+        table.add_row(key, *(f"{row[key]:.4f}" if key in row else "-" for row in sliced.values()))
+    return table
+
+
+def _epoch_line(console: Console, select_metric: str, paper_mode: bool):
+    def show(record: dict[str, Any]) -> None:
+        split = "test" if paper_mode else "valid"
+        value = record[split][select_metric]
+        mark = "[green]★ best[/green]" if record["improved"] else ""
+        console.print(
+            f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  lr {record['lr']:.2g}  "
+            f"{split} {select_metric} {value:.4f}  {record['seconds']:.1f}s  "
+            f"{record['peak_rss_mb']:.0f}MB {mark}"
+        )
+
+    return show
+
+
+def train_command(
+    dataset_dir: Path = typer.Argument(..., help="A prepared dataset folder (intentrec prepare)."),
+    model: str = typer.Option(..., "--model", "-m", help="Backbone name, e.g. srgnn, stamp, gru4rec."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (created if missing)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML/JSON settings file."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="key=value override, repeatable (model.X, train.X or unprefixed)."
+    ),
+    select_on: SelectOn | None = typer.Option(
+        None, "--select-on", help="valid (default) or test = PAPER MODE (per-metric max over epochs on test)."
+    ),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per epoch."),
+) -> None:
+    from intentrec.training import train
+
+    model_values, train_values = resolve_settings(model, config, set_)
+    if select_on is not None:
+        train_values["select_on"] = select_on.value
+    paper_mode = train_values.get("select_on") == "test"
+    console = _console()
+    if paper_mode:
+        console.print(Panel(PAPER_BANNER, style="bold red"))
+    from intentrec.training.run import build_configs
+
+    _, _, trainer_cfg = build_configs(model, model_values, train_values)
+    result = train(
+        dataset_dir,
+        model,
+        model_values,
+        trainer_cfg,
+        out=out,
+        resume=resume,
+        progress=progress and sys.stderr.isatty(),
+        on_epoch=_epoch_line(console, trainer_cfg.select_metric, trainer_cfg.paper_mode),
+        command="intentrec " + shlex.join(sys.argv[1:]),
+    )
+    metrics = result.metrics
+    columns = {"test": result.test} if result.paper_mode else {"valid": result.valid, "test": result.test}
+    caption = (
+        f"{metrics['selection']}; best epoch {result.best_epoch} of {result.epochs_run}"
+        + (" (stopped early)" if result.stopped_early else "")
+    )
+    console.print(metrics_table(f"{model} → {out}", columns))
+    console.print(caption)
+    if result.paper_mode:
+        console.print(Panel(PAPER_BANNER, style="bold red"))
+        honest = metrics.get("valid_selected")
+        if honest:
+            console.print(
+                f"For comparison, valid-selected (epoch {honest['epoch']}): "
+                f"test {trainer_cfg.select_metric} {honest['test'][trainer_cfg.select_metric]:.4f}"
+            )
+
+
+def evaluate_command(
+    run_dir: Path = typer.Argument(..., help="A run folder written by intentrec train."),
+    split: Split = typer.Option(Split.test, "--split", help="Which split to evaluate."),
+    slices: bool = typer.Option(False, "--slices", help="Also report metrics per target-popularity bucket."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset folder, if it moved since training."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    from intentrec.evaluation import rank_examples
+    from intentrec.training import load_run
+
+    trained = load_run(run_dir, dataset_dir=data, device=device)
+    cfg = trained.trainer
+    ranked = rank_examples(
+        trained.model,
+        trained.dataset.examples(split.value),
+        batch_size=cfg.eval_batch_size,
+        max_length=cfg.max_length,
+        device=trained.device,
+    )
+    if len(ranked.ranks) == 0:
+        raise IntentrecError(f"the {split.value} split of {trained.dataset.path} has no examples")
+    selection = (
+        "checkpoint selected on TEST (paper mode)"
+        if trained.paper_mode
+        else f"checkpoint selected on VALID by {cfg.select_metric}"
+    )
+    report: dict[str, Any] = {
+        "run": str(trained.run.path),
+        "split": split.value,
+        "examples": int(len(ranked.ranks)),
+        "checkpoint": selection,
+        "metrics": ranked.metrics(cfg.ks),
+    }
+    if slices:
+        report["slices"] = ranked.sliced(trained.dataset.train_counts(), cfg.ks)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = _console()
+    if trained.paper_mode:
+        console.print(Panel("PAPER MODE run: " + selection, style="bold red"))
+    title = f"{trained.record['model']['name']} on {split.value} ({report['examples']} examples)"
+    console.print(metrics_table(title, {split.value: report["metrics"]}))
+    console.print(selection)
+    if slices:
+        console.print(slices_table(report["slices"], list(report["metrics"])))
+
+
+def recommend_command(
+    run_dir: Path = typer.Argument(..., help="A run folder written by intentrec train."),
+    items: str = typer.Option(..., "--items", help="Comma-separated original item ids, oldest first."),
+    k: int = typer.Option(10, "--k", min=1, help="How many items to recommend."),
+    exclude_seen: bool = typer.Option(False, "--exclude-seen", help="Do not recommend the given items."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset folder, if it moved since training."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    from intentrec.serving.recommend import recommend
+    from intentrec.training import load_run
+
+    item_ids = [i.strip() for i in items.split(",") if i.strip()]
+    if not item_ids:
+        raise ConfigError("--items needs at least one item id, e.g. --items 1,32,50")
+    trained = load_run(run_dir, dataset_dir=data, device=device)
+    recs = recommend(
+        trained.model,
+        trained.dataset,
+        item_ids,
+        k,
+        max_length=trained.trainer.max_length,
+        exclude_seen=exclude_seen,
+        device=trained.device,
+    )
+    if as_json:
+        typer.echo(json.dumps(recs.to_dict(), indent=2))
+        return
+    console = _console()
+    given = Table(title="session (given items, oldest first)")
+    given.add_column("#", justify="right")
+    given.add_column("item id")
+    given.add_column("title")
+    for pos, entry in enumerate(recs.session, start=1):
+        given.add_row(str(pos), entry["item_id"], entry["title"] or "")
+    console.print(given)
+    ranked = Table(title=f"top {k} next items ({trained.record['model']['name']})")
+    ranked.add_column("rank", justify="right")
+    ranked.add_column("item id")
+    ranked.add_column("title")
+    ranked.add_column("score", justify="right")
+    for rec in recs.items:
+        ranked.add_row(str(rec.rank), rec.item_id, rec.title or "", f"{rec.score:.4f}")
+    console.print(ranked)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", help=TRAIN_HELP)(train_command)
+    app.command("evaluate", help=EVALUATE_HELP)(evaluate_command)
+    app.command("recommend", help=RECOMMEND_HELP)(recommend_command)

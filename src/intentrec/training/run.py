@@ -1,0 +1,258 @@
+"""Run folders: what a training run writes, and how a finished run is loaded again.
+
+A run folder holds::
+
+    config.json        dataset path + manifest sha256, model name + config, trainer config,
+                       library version, command line
+    log.jsonl          one line per completed epoch (never duplicated on resume)
+    best.safetensors   weights of the selected epoch
+    last.safetensors   resume state: weights, optimizer, scheduler, RNGs, bookkeeping (one file)
+    metrics.json       final metrics; written last, so its presence means the run finished
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intentrec import __version__
+from intentrec.config import deep_merge
+from intentrec.data import schema
+from intentrec.data.dataset import PreparedDataset
+from intentrec.errors import ConfigError, DataError
+from intentrec.io import sha256_file, write_json
+from intentrec.models.base import Backbone, BackboneConfig
+from intentrec.models.registry import backbone_class
+from intentrec.training.checkpoint import load_weights
+from intentrec.training.config import TrainerConfig
+
+CONFIG = "config.json"
+LOG = "log.jsonl"
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+METRICS = "metrics.json"
+RUN_FILES = (CONFIG, LOG, BEST, LAST, METRICS)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    def has_run(self) -> bool:
+        return self.config.is_file()
+
+    def clear(self) -> None:
+        """Remove the files of a previous run (only ours; anything else in the folder stays)."""
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        path = self.path / name
+        if not path.is_file():
+            raise DataError(f"{name} is missing; is this a finished run folder?", path=self.path)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not valid JSON: {exc}", path=path) from None
+
+    def read_log(self) -> list[dict[str, Any]]:
+        if not self.log.is_file():
+            return []
+        return [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines() if line]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def split_settings(settings: dict[str, Any], backbone: type[Backbone]) -> tuple[dict, dict]:
+    """Split merged ``--config``/``--set`` values into (model, trainer) dicts.
+
+    ``model.<field>`` and ``train.<field>`` go where they say; an unprefixed key goes to the trainer
+    if TrainerConfig has that field, else to the model if the backbone config has it, else it is an
+    error naming the key.
+    """
+    model: dict[str, Any] = {}
+    trainer: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key in ("model", "train"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{key}' must be a section of key: value pairs, got {value!r}")
+            (model if key == "model" else trainer).update(value)
+        elif key in TrainerConfig.model_fields:
+            trainer[key] = value
+        elif key in backbone.Config.model_fields:
+            model[key] = value
+        else:
+            known_t = ", ".join(sorted(TrainerConfig.model_fields))
+            known_m = ", ".join(sorted(backbone.Config.model_fields))
+            raise ConfigError(
+                f"unknown setting '{key}': not a trainer field ({known_t}) nor a field of backbone "
+                f"'{backbone.registry_name}' ({known_m}); prefix it with 'train.' or 'model.'"
+            )
+    return model, trainer
+
+
+def build_configs(
+    model_name: str,
+    model_config: dict[str, Any] | BackboneConfig | None,
+    trainer_config: dict[str, Any] | TrainerConfig | None,
+) -> tuple[type[Backbone], BackboneConfig, TrainerConfig]:
+    """Validate both configs; the backbone's ``default_train`` sits under the given trainer values."""
+    cls = backbone_class(model_name)
+    if isinstance(model_config, BackboneConfig):
+        model_cfg = cls.Config.build(model_config.model_dump(), where=f"config of backbone '{model_name}'")
+    else:
+        model_cfg = cls.Config.build(model_config, where=f"config of backbone '{model_name}'")
+    if isinstance(trainer_config, TrainerConfig):
+        trainer_cfg = trainer_config
+    else:
+        defaults = dict(getattr(cls, "default_train", {}) or {})
+        merged = deep_merge(defaults, trainer_config or {})
+        trainer_cfg = TrainerConfig.build(merged, where="trainer config")
+    return cls, model_cfg, trainer_cfg
+
+
+def manifest_sha(dataset_dir: Path) -> str:
+    return sha256_file(dataset_dir / schema.MANIFEST)
+
+
+def run_record(
+    dataset: PreparedDataset,
+    model_name: str,
+    model_cfg: BackboneConfig,
+    trainer_cfg: TrainerConfig,
+    command: str | None,
+) -> dict[str, Any]:
+    return {
+        "dataset": {
+            "path": str(dataset.path.resolve()),
+            "manifest_sha256": manifest_sha(dataset.path),
+        },
+        "model": {"name": model_name, "config": model_cfg.model_dump(mode="json")},
+        "trainer": trainer_cfg.model_dump(mode="json"),
+        "library_version": __version__,
+        "command": command if command is not None else shlex.join(sys.argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def resume_mismatches(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences that forbid resuming ``old`` with the settings of ``new``."""
+    problems = []
+    if old["dataset"]["manifest_sha256"] != new["dataset"]["manifest_sha256"]:
+        problems.append(f"dataset differs ({old['dataset']['path']} → {new['dataset']['path']})")
+    if old["model"]["name"] != new["model"]["name"]:
+        problems.append(f"model: {old['model']['name']} → {new['model']['name']}")
+    old_train = TrainerConfig.build(old["trainer"]).resume_key()
+    new_train = TrainerConfig.build(new["trainer"]).resume_key()
+    for section, old_values, new_values in (
+        ("model", old["model"]["config"], new["model"]["config"]),
+        ("train", old_train, new_train),
+    ):
+        for key in sorted(set(old_values) | set(new_values)):
+            if old_values.get(key) != new_values.get(key):
+                problems.append(f"{section}.{key}: {old_values.get(key)!r} → {new_values.get(key)!r}")
+    return problems
+
+
+def write_record(run: RunDir, record: dict[str, Any]) -> None:
+    write_json(run.config, record)
+
+
+# --------------------------------------------------------------------------- loading a run
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available (use device=cpu)")
+    return torch.device(name)
+
+
+@dataclass
+class TrainedRun:
+    run: RunDir
+    record: dict[str, Any]
+    dataset: PreparedDataset
+    model: Backbone
+    trainer: TrainerConfig
+    device: torch.device
+
+    @property
+    def paper_mode(self) -> bool:
+        return self.trainer.paper_mode
+
+
+def load_run(
+    run_dir: str | Path,
+    *,
+    dataset_dir: str | Path | None = None,
+    device: str = "cpu",
+) -> TrainedRun:
+    """Rebuild the backbone from ``config.json``, ``prepare`` it on the dataset, load its weights.
+
+    ``dataset_dir`` overrides the recorded dataset path (a moved dataset); its manifest must match.
+    """
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
+        raise DataError("run folder not found", path=run.path)
+    record = run.read_json(CONFIG)
+    try:
+        recorded = Path(record["dataset"]["path"])
+        model_name = record["model"]["name"]
+        model_values = record["model"]["config"]
+        trainer_values = record["trainer"]
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"config.json lacks field {exc}", path=run.config) from None
+    data_path = Path(dataset_dir) if dataset_dir is not None else recorded
+    if not data_path.is_dir():
+        raise DataError(
+            "the run's dataset folder is missing (pass the dataset's new location with --data)",
+            path=data_path,
+        )
+    dataset = PreparedDataset(data_path)
+    if manifest_sha(data_path) != record["dataset"].get("manifest_sha256"):
+        raise DataError(
+            "dataset differs from the one this run was trained on (manifest sha256 mismatch)",
+            path=data_path / schema.MANIFEST,
+        )
+    cls, model_cfg, trainer_cfg = build_configs(model_name, model_values, trainer_values)
+    dev = resolve_device(device)
+    model = cls(dataset.num_items, model_cfg)
+    model.prepare(dataset)
+    if not run.best.is_file():
+        raise DataError(f"{BEST} is missing; the run has not completed an epoch", path=run.path)
+    load_weights(run.best, model)
+    model.to(dev).eval()
+    return TrainedRun(run, record, dataset, model, trainer_cfg, dev)

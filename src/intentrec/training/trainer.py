@@ -1,0 +1,404 @@
+"""The training loop: Adam + optional StepLR, per-epoch validation, early stopping, exact resume.
+
+Selection modes
+---------------
+``select_on="valid"`` (default, honest)
+    The epoch with the best ``select_metric`` on VALID is kept and evaluated once on TEST.
+``select_on="test"`` (PAPER MODE)
+    As the papers' code does: TEST is evaluated every epoch, early stopping and the kept checkpoint
+    use TEST, and the reported test numbers are the per-metric maximum over epochs. Every output of
+    this mode says so. VALID is evaluated every epoch too, so the same run also reports what
+    valid-based selection would have given (``metrics.json`` → ``valid_selected``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from intentrec.data.dataset import ExampleSet, PreparedDataset
+from intentrec.errors import ConfigError, DataError, IntentrecError
+from intentrec.evaluation.evaluate import evaluate_model
+from intentrec.io import append_jsonl, atomic_open, write_json
+from intentrec.models.base import Backbone, BackboneConfig
+from intentrec.training.checkpoint import (
+    load_training_state,
+    load_weights,
+    save_training_state,
+    save_weights,
+)
+from intentrec.training.config import TrainerConfig
+from intentrec.training.run import (
+    RunDir,
+    build_configs,
+    resolve_device,
+    resume_mismatches,
+    run_record,
+    write_record,
+)
+
+PAPER_MODE_SELECTION = "paper-mode: per-metric max over epochs on TEST"
+PAPER_MODE_WARNING = (
+    "PAPER MODE: the test numbers are the per-metric MAXIMUM over epochs on the TEST split "
+    "(model selection on test, as in the original papers' code). They are optimistically biased; "
+    "compare them only with other paper-mode numbers."
+)
+#: How often (in steps) the running loss is synced from the device for the progress bar.
+_PROGRESS_SYNC_STEPS = 50
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    selection: str
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    valid: dict[str, float]
+    test: dict[str, float]
+    metrics: dict[str, Any] = field(repr=False)
+    history: list[dict[str, Any]] = field(repr=False)
+
+    @property
+    def paper_mode(self) -> bool:
+        return self.selection == PAPER_MODE_SELECTION
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (monotonic over the process's life)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def train(
+    dataset_dir: str | Path,
+    model: str,
+    model_config: dict[str, Any] | BackboneConfig | None = None,
+    trainer_config: dict[str, Any] | TrainerConfig | None = None,
+    *,
+    out: str | Path,
+    resume: bool = True,
+    progress: bool | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    command: str | None = None,
+) -> TrainResult:
+    """Train backbone ``model`` on a prepared dataset into run folder ``out``.
+
+    With ``resume=True`` (default) an interrupted run in ``out`` with the same settings continues
+    from its last completed epoch, and a finished one is returned as is (only ``epochs`` may grow);
+    ``resume=False`` deletes the previous run's files first. ``progress=None`` shows a progress bar
+    only on a terminal. ``on_epoch`` receives each epoch's log record.
+    """
+    dataset = PreparedDataset(dataset_dir)
+    cls, model_cfg, cfg = build_configs(model, model_config, trainer_config)
+    run = RunDir(Path(out))
+    record = run_record(dataset, model, model_cfg, cfg, command)
+
+    if run.has_run() and resume:
+        old = run.read_json("config.json")
+        try:
+            problems = resume_mismatches(old, record)
+        except (KeyError, TypeError, ConfigError) as exc:
+            raise DataError(
+                f"cannot compare with the stored run settings ({exc}); use --no-resume to replace it",
+                path=run.config,
+            ) from None
+        if problems:
+            raise IntentrecError(
+                f"{run.path} holds a run with different settings; use another --out, or --no-resume "
+                "to replace it:\n  " + "\n  ".join(problems)
+            )
+        finished = _finished_result(run, cfg)
+        if finished is not None:
+            return finished
+    else:
+        run.clear()
+    run.metrics.unlink(missing_ok=True)  # a stale metrics.json must never outlive new epochs
+    write_record(run, record)
+
+    loop = _Loop(dataset, cls, model_cfg, cfg, run, progress, on_epoch)
+    return loop.run(resume=resume)
+
+
+def _finished_result(run: RunDir, cfg: TrainerConfig) -> TrainResult | None:
+    if not run.metrics.is_file():
+        return None
+    metrics = run.read_json("metrics.json")
+    if not metrics.get("stopped_early") and metrics.get("epochs_run", 0) < cfg.epochs:
+        return None  # asked for more epochs than the finished run had
+    return _result(run, metrics)
+
+
+def _result(run: RunDir, metrics: dict[str, Any]) -> TrainResult:
+    return TrainResult(
+        run_dir=run.path,
+        selection=metrics["selection"],
+        best_epoch=metrics["best_epoch"],
+        epochs_run=metrics["epochs_run"],
+        stopped_early=metrics["stopped_early"],
+        valid=metrics.get("valid", {}),
+        test=metrics["test"],
+        metrics=metrics,
+        history=run.read_log(),
+    )
+
+
+class _Loop:
+    def __init__(
+        self,
+        dataset: PreparedDataset,
+        cls: type[Backbone],
+        model_cfg: BackboneConfig,
+        cfg: TrainerConfig,
+        run: RunDir,
+        progress: bool | None,
+        on_epoch: Callable[[dict[str, Any]], None] | None,
+    ):
+        self.dataset, self.cfg, self.run_dir = dataset, cfg, run
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.on_epoch = on_epoch
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        self.device = resolve_device(cfg.device)
+
+        self.train_set = dataset.examples("train")
+        self.valid_set = dataset.examples("valid")
+        self.test_set = dataset.examples("test")
+        if len(self.train_set) == 0:
+            raise DataError("the train split has no examples", path=dataset.path)
+        if len(self.test_set) == 0:
+            raise DataError("the test split has no examples", path=dataset.path)
+        if len(self.valid_set) == 0 and not cfg.paper_mode:
+            raise DataError(
+                "the valid split has no examples; prepare the dataset with a validation split, or "
+                "train with --select-on test (paper mode)",
+                path=dataset.path,
+            )
+
+        seed_everything(cfg.seed)
+        self.model = cls(dataset.num_items, model_cfg)
+        self.model.prepare(dataset)
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.l2)
+        self.scheduler = (
+            torch.optim.lr_scheduler.StepLR(
+                self.optimizer, step_size=cfg.lr_decay_step, gamma=cfg.lr_decay_gamma
+            )
+            if cfg.lr_decay_step
+            else None
+        )
+        self.state: dict[str, Any] = {
+            "epoch": 0,
+            "best_epoch": 0,
+            "best_value": None,
+            "bad_epochs": 0,
+            "stopped_early": False,
+            "history": [],
+        }
+
+    # ------------------------------------------------------------------ main
+
+    def run(self, *, resume: bool) -> TrainResult:
+        run = self.run_dir
+        if resume and run.last.is_file():
+            self.state = load_training_state(run.last, self.model, self.optimizer, self.scheduler)
+            # The state is the truth: a log line written after the last saved state is dropped,
+            # one missing is restored, so resuming never duplicates or loses lines.
+            with atomic_open(run.log, "w", encoding="utf-8") as fh:
+                for rec in self.state["history"]:
+                    fh.write(_json_line(rec))
+        else:
+            run.log.unlink(missing_ok=True)
+            run.best.unlink(missing_ok=True)
+
+        while self.state["epoch"] < self.cfg.epochs and not self.state["stopped_early"]:
+            self._epoch(self.state["epoch"] + 1)
+        return self._finish()
+
+    def _epoch(self, epoch: int) -> None:
+        cfg, run = self.cfg, self.run_dir
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        started = time.perf_counter()
+        loss = self._train_one_epoch(epoch)
+        train_seconds = time.perf_counter() - started
+        if not math.isfinite(loss):
+            raise IntentrecError(
+                f"training diverged: the loss is {loss} in epoch {epoch}; try a lower train.lr"
+            )
+
+        record: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": lr}
+        if len(self.valid_set):
+            record["valid"] = self._evaluate(self.valid_set)
+        if cfg.paper_mode or cfg.track_test:
+            record["test"] = self._evaluate(self.test_set)
+        value = record["test" if cfg.paper_mode else "valid"][cfg.select_metric]
+        best = self.state["best_value"]
+        improved = best is None or value > best
+        if improved:
+            self.state.update(best_value=value, best_epoch=epoch, bad_epochs=0)
+            save_weights(run.best, self.model, {"epoch": epoch, cfg.select_metric: value})
+        else:
+            self.state["bad_epochs"] += 1
+        if cfg.patience is not None and self.state["bad_epochs"] >= cfg.patience:
+            self.state["stopped_early"] = True
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+        record.update(
+            improved=improved,
+            best_epoch=self.state["best_epoch"],
+            train_seconds=round(train_seconds, 3),
+            seconds=round(time.perf_counter() - started, 3),
+            peak_rss_mb=peak_rss_mb(),
+        )
+        if self.device.type == "cuda":
+            record["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        self.state["epoch"] = epoch
+        self.state["history"].append(record)
+        # Order matters for crash safety: the resume state (with this record) first, then the log.
+        save_training_state(run.last, self.model, self.optimizer, self.scheduler, self.state)
+        append_jsonl(run.log, record)
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+
+    def _train_one_epoch(self, epoch: int) -> float:
+        cfg = self.cfg
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        seen = 0
+        bar = tqdm(
+            total=self.train_set.num_batches(cfg.batch_size),
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="batch",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        batches = self.train_set.batches(
+            cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, max_length=cfg.max_length
+        )
+        for step, batch in enumerate(batches, start=1):
+            batch = batch.to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.model.loss(batch)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach() * batch.size
+            seen += batch.size
+            bar.update(1)
+            if self.progress and step % _PROGRESS_SYNC_STEPS == 0:
+                bar.set_postfix(loss=f"{total.item() / seen:.4f}")
+        bar.close()
+        return float(total.item() / max(seen, 1))
+
+    def _evaluate(self, examples: ExampleSet) -> dict[str, float]:
+        return evaluate_model(
+            self.model,
+            examples,
+            ks=self.cfg.ks,
+            batch_size=self.cfg.eval_batch_size,
+            max_length=self.cfg.max_length,
+            device=self.device,
+        )
+
+    # ------------------------------------------------------------------ results
+
+    def _finish(self) -> TrainResult:
+        cfg, run, state = self.cfg, self.run_dir, self.state
+        history = state["history"]
+        seconds = [rec["seconds"] for rec in history]
+        train_seconds = [rec["train_seconds"] for rec in history]
+        best_epoch = state["best_epoch"]
+        best_record = history[best_epoch - 1]
+        metrics: dict[str, Any] = {
+            "selection": "",
+            "select_metric": cfg.select_metric,
+            "best_epoch": best_epoch,
+            "epochs_run": state["epoch"],
+            "max_epochs": cfg.epochs,
+            "stopped_early": state["stopped_early"],
+            "seconds_per_epoch_mean": round(float(np.mean(seconds)), 3) if seconds else None,
+            "train_seconds_per_epoch_mean": (
+                round(float(np.mean(train_seconds)), 3) if train_seconds else None
+            ),
+            "seconds_total": round(float(np.sum(seconds)), 3),
+            "num_examples": {
+                "train": len(self.train_set),
+                "valid": len(self.valid_set),
+                "test": len(self.test_set),
+            },
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+        if cfg.paper_mode:
+            test_max, argmax = _per_metric_max(history)
+            metrics.update(
+                selection=PAPER_MODE_SELECTION,
+                warning=PAPER_MODE_WARNING,
+                test=test_max,
+                test_argmax_epoch=argmax,
+                test_at_best_epoch=best_record["test"],
+                per_epoch=_per_epoch(history),
+            )
+            if len(self.valid_set):
+                honest = max(history, key=lambda r: r["valid"][cfg.select_metric])
+                metrics["valid_selected"] = {
+                    "epoch": honest["epoch"],
+                    "valid": honest["valid"],
+                    "test": honest["test"],
+                }
+        else:
+            load_weights(run.best, self.model)
+            metrics.update(
+                selection=(
+                    f"valid: checkpoint with the best {cfg.select_metric} on VALID "
+                    f"(epoch {best_epoch}), evaluated once on TEST"
+                ),
+                valid=best_record["valid"],
+                test=self._evaluate(self.test_set),
+            )
+            if cfg.track_test:
+                test_max, argmax = _per_metric_max(history)
+                metrics["test_max_over_epochs"] = {
+                    "note": "analysis only: what paper mode would report (per-metric max over "
+                    "epochs on TEST) for this same trajectory; never used for selection",
+                    "test": test_max,
+                    "test_argmax_epoch": argmax,
+                }
+                metrics["per_epoch"] = _per_epoch(history)
+        metrics["peak_rss_mb"] = peak_rss_mb()
+        write_json(run.metrics, metrics)
+        return _result(run, metrics)
+
+
+def _per_metric_max(history: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, int]]:
+    """Per metric, the best TEST value over epochs and the (first) epoch that reached it."""
+    keys = list(history[0]["test"])
+    argmax = {k: max(history, key=lambda r, k=k: r["test"][k])["epoch"] for k in keys}
+    return {k: history[argmax[k] - 1]["test"][k] for k in keys}, argmax
+
+
+def _per_epoch(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"epoch": r["epoch"], "valid": r.get("valid"), "test": r["test"]} for r in history]
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, default=str) + "\n"
