@@ -51,6 +51,7 @@ class Backbone(nn.Module):
     Config: ClassVar[type[BackboneConfig]] = BackboneConfig
     vector_names: ClassVar[tuple[str, ...]] = ("local", "global")
     registry_name: ClassVar[str] = ""
+    default_train: ClassVar[dict] = {}  # the paper's trainer settings: lr, batch_size, l2, ...
 
     def __init__(self, num_items: int, config: BackboneConfig):
         super().__init__()

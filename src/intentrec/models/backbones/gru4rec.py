@@ -1,0 +1,103 @@
+"""GRU4Rec (Hidasi et al., ICLR 2016) in the session-based benchmark setting.
+
+Item embedding → GRU → last hidden state, scored against the item table with cross-entropy over
+all items (the original trains session-parallel mini-batches with ranking losses; the SBR
+benchmarks that every later paper compares against use this prefix/target form instead).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from intentrec.data.batch import SessionBatch
+from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
+from intentrec.models.layers import gather_last, masked_mean
+from intentrec.models.registry import register_backbone
+
+
+class GRU4RecConfig(BackboneConfig):
+    num_layers: int = Field(1, ge=1)
+    # The paper's best cross-entropy setting used no dropout.
+    dropout_embedding: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout_hidden: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+def glorot_uniform_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    nn.init.uniform_(weight, -bound, bound)
+
+
+def run_gru(gru: nn.GRU, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Hidden states ``[B, L, H]`` of a batch-first GRU, skipping the padding (zeros there)."""
+    packed = pack_padded_sequence(
+        inputs, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+    )
+    states, _ = gru(packed)
+    padded, _ = pad_packed_sequence(states, batch_first=True, total_length=inputs.shape[1])
+    return padded
+
+
+@register_backbone("gru4rec")
+class GRU4Rec(Backbone):
+    """``local`` = ``session`` = last hidden state; ``global`` = mean of the hidden states.
+
+    GRU4Rec itself has no attention readout; the mean over the session's hidden states is our
+    parameter-free stand-in so methods that fuse a ``global`` vector have one to use.
+    """
+
+    Config: ClassVar[type[BackboneConfig]] = GRU4RecConfig
+    vector_names: ClassVar[tuple[str, ...]] = ("local", "global")
+    # No Adam setting exists in the paper (Adagrad + ranking losses); these are the SR-GNN
+    # benchmark's trainer values, which the later SBR papers re-use for their GRU4Rec baseline.
+    default_train: ClassVar[dict] = {
+        "lr": 0.001,
+        "batch_size": 100,
+        "l2": 1e-5,
+        "lr_decay_step": 3,
+        "lr_decay_gamma": 0.1,
+    }
+
+    def __init__(self, num_items: int, config: GRU4RecConfig):
+        super().__init__(num_items, config)
+        d = config.embedding_dim
+        self.embedding = nn.Embedding(num_items + 1, d, padding_idx=0)
+        self.embedding_dropout = nn.Dropout(config.dropout_embedding)
+        self.gru = nn.GRU(
+            d,
+            d,
+            num_layers=config.num_layers,
+            batch_first=True,
+            dropout=config.dropout_hidden if config.num_layers > 1 else 0.0,
+        )
+        self.hidden_dropout = nn.Dropout(config.dropout_hidden)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The authors' code: uniform ±sqrt(6 / (fan_in + fan_out)) per weight matrix, zero biases.
+        d = self.dim
+        glorot_uniform_(self.embedding.weight, self.num_items + 1, d)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+        for name, param in self.gru.named_parameters():
+            if name.startswith("weight"):
+                glorot_uniform_(param, param.shape[1], param.shape[0] // 3)
+            else:
+                nn.init.zeros_(param)
+
+    def encode(self, batch: SessionBatch) -> BackboneOutput:
+        mask = batch.mask
+        inputs = self.embedding_dropout(self.embedding(batch.items))
+        states = self.hidden_dropout(run_gru(self.gru, inputs, batch.lengths))
+        last = gather_last(states, batch.lengths)
+        return BackboneOutput(
+            session=last, vectors={"local": last, "global": masked_mean(states, mask)}
+        )
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.embedding.weight[1:]

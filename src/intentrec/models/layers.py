@@ -1,0 +1,95 @@
+"""Small building blocks shared by the backbones: masked readouts and attention scorers.
+
+Every function takes right-padded ``[B, L, ...]`` tensors plus a boolean ``mask`` ``[B, L]`` (True
+on real positions) and is written so that padding never changes a real position's result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over the positions where ``mask`` is True; rows without any are all zeros."""
+    filled = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(filled, dim=dim)
+    # A fully masked row is NaN after softmax(-inf, ..., -inf); make it an empty readout instead.
+    return torch.where(mask, weights, torch.zeros((), dtype=weights.dtype, device=weights.device))
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ``[B, L, d]`` over real positions -> ``[B, d]``."""
+    weights = mask.to(values.dtype)
+    counts = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return torch.einsum("bl,bld->bd", weights, values) / counts
+
+
+def weighted_sum(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``Σ_j weights[b, j] * values[b, j]`` -> ``[B, d]``."""
+    return torch.einsum("bl,bld->bd", weights, values)
+
+
+def gather_last(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``values[b, lengths[b] - 1]``: the value at each row's last real position, ``[B, d]``."""
+    index = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, values.shape[-1])
+    return values.gather(1, index).squeeze(1)
+
+
+def dot_product_readout(
+    values: torch.Tensor, query: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Parameter-free attention readout: ``softmax_j(⟨v_j, q⟩ / √d)`` weighted sum of ``values``."""
+    scores = torch.einsum("bld,bd->bl", values, query) / math.sqrt(values.shape[-1])
+    return weighted_sum(masked_softmax(scores, mask), values)
+
+
+def keep_most_recent(
+    items: torch.Tensor, lengths: torch.Tensor, max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep each right-padded session's ``max_length`` most recent items (still right-padded)."""
+    if items.shape[1] <= max_length:
+        return items, lengths
+    new_lengths = lengths.clamp(max=max_length)
+    start = (lengths - max_length).clamp(min=0)
+    index = start.unsqueeze(1) + torch.arange(max_length, device=items.device).unsqueeze(0)
+    kept = items.gather(1, index.clamp(max=items.shape[1] - 1))
+    valid = torch.arange(max_length, device=items.device).unsqueeze(0) < new_lengths.unsqueeze(1)
+    return kept.masked_fill(~valid, 0), new_lengths
+
+
+class AdditiveAttention(nn.Module):
+    """Additive ("concat") attention scores ``e_j = vᵀ σ(W_k k_j + Σ_q W_q q + b)``.
+
+    ``query_dims`` lists one or more per-session query vectors (NARM: the last hidden state;
+    STAMP: the last item and the session mean; SR-GNN: the last node). Returns raw scores
+    ``[B, L]``; whether to normalise them is the caller's (i.e. the paper's) choice.
+    """
+
+    def __init__(
+        self,
+        key_dim: int,
+        query_dims: Sequence[int],
+        hidden_dim: int,
+        *,
+        bias: bool = False,
+        activation: str = "sigmoid",
+    ):
+        super().__init__()
+        self.key_proj = nn.Linear(key_dim, hidden_dim, bias=bias)
+        self.query_projs = nn.ModuleList(nn.Linear(q, hidden_dim, bias=False) for q in query_dims)
+        self.score = nn.Linear(hidden_dim, 1, bias=False)
+        if activation not in ("sigmoid", "tanh"):
+            raise ValueError(f"unknown activation {activation!r}")
+        self.activation = torch.sigmoid if activation == "sigmoid" else torch.tanh
+
+    def forward(self, keys: torch.Tensor, queries: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(queries) != len(self.query_projs):
+            raise ValueError(f"expected {len(self.query_projs)} queries, got {len(queries)}")
+        hidden = self.key_proj(keys)
+        for proj, query in zip(self.query_projs, queries, strict=True):
+            hidden = hidden + proj(query).unsqueeze(1)
+        return self.score(self.activation(hidden)).squeeze(-1)

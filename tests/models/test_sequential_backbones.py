@@ -1,0 +1,208 @@
+"""Hand-checked behaviour of the shared layers and the four sequential backbones."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from intentrec.data.batch import SessionBatch
+from intentrec.models.backbones.sasrec import window_positions
+from intentrec.models.layers import (
+    dot_product_readout,
+    gather_last,
+    keep_most_recent,
+    masked_mean,
+    masked_softmax,
+)
+from intentrec.models.registry import build_backbone
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ---- layers -------------------------------------------------------------------------------------
+
+
+def test_masked_softmax_ignores_padding_and_empties_fully_masked_rows():
+    scores = torch.tensor([[0.0, math.log(3.0), 100.0], [1.0, 2.0, 3.0]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    weights = masked_softmax(scores, mask)
+    torch.testing.assert_close(weights, torch.tensor([[0.25, 0.75, 0.0], [0.0, 0.0, 0.0]]))
+
+
+def test_masked_mean_and_gather_last():
+    values = torch.tensor(
+        [[[1.0, 2.0], [3.0, 4.0], [99.0, 99.0]], [[5.0, 6.0], [0.0, 0.0], [0.0, 0.0]]]
+    )
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    torch.testing.assert_close(masked_mean(values, mask), torch.tensor([[2.0, 3.0], [5.0, 6.0]]))
+    last = gather_last(values, torch.tensor([2, 1]))
+    torch.testing.assert_close(last, torch.tensor([[3.0, 4.0], [5.0, 6.0]]))
+
+
+def test_dot_product_readout_by_hand():
+    values = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [7.0, 7.0]]])
+    query = torch.tensor([[math.sqrt(2.0) * math.log(3.0) / 2.0, 0.0]])
+    # scores ⟨v_j, q⟩/√2 = [log 3, 0] -> weights [3/4, 1/4] over the two real positions.
+    out = dot_product_readout(values, query, torch.tensor([[True, True, False]]))
+    torch.testing.assert_close(out, torch.tensor([[1.5, 0.5]]))
+
+
+def test_keep_most_recent_truncates_each_row_from_the_left():
+    items = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0], [8, 9, 10, 11, 0]])
+    kept, lengths = keep_most_recent(items, torch.tensor([5, 2, 4]), 3)
+    assert kept.tolist() == [[3, 4, 5], [6, 7, 0], [9, 10, 11]]
+    assert lengths.tolist() == [3, 2, 3]
+    same, _ = keep_most_recent(items, torch.tensor([5, 2, 4]), 5)
+    assert same is items
+
+
+# ---- GRU4Rec / NARM -----------------------------------------------------------------------------
+
+SESSIONS = [[4, 2, 9], [7], [1, 3, 5, 8, 2, 6]]
+
+
+def batch() -> SessionBatch:
+    return SessionBatch.from_lists(SESSIONS, targets=[1, 2, 3])
+
+
+def hidden_states(model, session: list[int]) -> torch.Tensor:
+    """Unpadded, unbatched GRU pass over one session: [len, d]."""
+    states, _ = model.gru(model.embedding(torch.tensor([session])))
+    return states[0]
+
+
+def test_gru4rec_vectors_match_an_unpadded_gru_run():
+    torch.manual_seed(0)
+    model = build_backbone("gru4rec", 10, {"embedding_dim": 8}).eval()
+    with torch.no_grad():
+        out = model.encode(batch())
+        for row, session in enumerate(SESSIONS):
+            states = hidden_states(model, session)
+            torch.testing.assert_close(out.vectors["local"][row], states[-1])
+            torch.testing.assert_close(out.vectors["global"][row], states.mean(0))
+        torch.testing.assert_close(out.session, out.vectors["local"])
+        torch.testing.assert_close(model(batch()), out.session @ model.embedding.weight[1:].t())
+
+
+def test_gru4rec_init_bounds_and_padding_row():
+    model = build_backbone("gru4rec", 50, {"embedding_dim": 10})
+    assert model.embedding.weight[0].abs().sum() == 0
+    bound = math.sqrt(6.0 / (51 + 10))
+    assert model.embedding.weight.abs().max() <= bound
+    assert model.gru.weight_hh_l0.abs().max() <= math.sqrt(6.0 / 20)
+    assert model.gru.bias_ih_l0.abs().sum() == 0
+
+
+def test_narm_attention_readout_and_bilinear_session_by_hand():
+    torch.manual_seed(0)
+    model = build_backbone("narm", 10, {"embedding_dim": 6}).eval()
+    with torch.no_grad():
+        out = model.encode(batch())
+        for row, session in enumerate(SESSIONS):
+            states = hidden_states(model, session)
+            h_t = states[-1]
+            att = model.attention
+            energy = att.score(torch.sigmoid(att.key_proj(states) + att.query_projs[0](h_t)))[:, 0]
+            c_l = (torch.softmax(energy, 0)[:, None] * states).sum(0)
+            torch.testing.assert_close(out.vectors["local"][row], h_t)
+            torch.testing.assert_close(out.vectors["global"][row], c_l)
+            expected = model.bilinear.weight @ torch.cat([h_t, c_l])
+            torch.testing.assert_close(out.session[row], expected)
+
+
+def test_narm_dropouts_are_the_papers_and_only_act_in_training():
+    model = build_backbone("narm", 10, {})
+    assert (model.embedding_dropout.p, model.encoder_dropout.p) == (0.25, 0.5)
+    torch.manual_seed(1)
+    model.train()
+    assert not torch.equal(model(batch()), model(batch()))
+    model.eval()
+    assert torch.equal(model(batch()), model(batch()))
+
+
+# ---- STAMP --------------------------------------------------------------------------------------
+
+
+def test_stamp_trilinear_score_by_hand():
+    model = build_backbone("stamp", 3, {"embedding_dim": 2}).eval()
+    with torch.no_grad():
+        model.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        for parameter in model.attention.parameters():
+            parameter.zero_()
+        # σ(0) = 1/2 on both hidden units and w0 = [1, 1]: every raw α_i is exactly 1.
+        model.attention.score.weight.fill_(1.0)
+        for mlp in (model.mlp_general, model.mlp_current):
+            mlp.weight.copy_(torch.eye(2))
+            mlp.bias.zero_()
+        out = model.encode(SessionBatch.from_lists([[1, 2], [3]]))
+        scores = model.score(out)
+    t = math.tanh(1.0)
+    # Session [1, 2]: m_a = x1 + x2 = [1, 1] (unnormalised α), h_s = tanh([1, 1]), h_t = tanh(x2).
+    torch.testing.assert_close(out.vectors["global"][0], torch.tensor([t, t]))
+    torch.testing.assert_close(out.vectors["local"][0], torch.tensor([0.0, t]))
+    torch.testing.assert_close(scores[0], torch.tensor([0.0, t * t, t * t]))
+    # Session [3]: m_a = x3 = [1, 1], h_t = tanh([1, 1]).
+    torch.testing.assert_close(out.session[1], torch.tensor([t * t, t * t]))
+
+
+def test_stamp_init_follows_the_paper():
+    torch.manual_seed(0)
+    model = build_backbone("stamp", 2000, {})
+    emb = model.embedding.weight[1:]
+    assert abs(emb.std().item() - 0.002) < 0.0002
+    assert abs(model.mlp_general.weight.std().item() - 0.05) < 0.005
+    assert model.mlp_general.bias.abs().sum() == 0
+
+
+# ---- SASRec -------------------------------------------------------------------------------------
+
+
+def test_sasrec_positions_count_back_from_the_most_recent_item():
+    positions = window_positions(torch.tensor([3, 1, 5]), 5, 5)
+    assert positions.tolist() == [[2, 3, 4, 4, 4], [4, 4, 4, 4, 4], [0, 1, 2, 3, 4]]
+
+
+def test_sasrec_long_sessions_are_truncated_to_the_most_recent_items():
+    torch.manual_seed(0)
+    model = build_backbone("sasrec", 20, {"embedding_dim": 8, "max_length": 4, "num_heads": 2})
+    model.eval()
+    with torch.no_grad():
+        long = model.encode(SessionBatch.from_lists([[9, 8, 7, 1, 2, 3, 4], [5, 6]]))
+        short = model.encode(SessionBatch.from_lists([[1, 2, 3, 4], [5, 6]]))
+        different = model.encode(SessionBatch.from_lists([[9, 2, 3, 4], [5, 6]]))
+    torch.testing.assert_close(long.session, short.session)
+    torch.testing.assert_close(long.vectors["global"], short.vectors["global"])
+    assert not torch.allclose(different.session[0], short.session[0])
+
+
+def test_sasrec_uses_exactly_the_window_positions_of_each_session():
+    torch.manual_seed(0)
+    model = build_backbone("sasrec", 20, {"embedding_dim": 8, "max_length": 6}).eval()
+    sessions = SessionBatch.from_lists([[3], [5, 3]])
+    with torch.no_grad():
+        reference = model.encode(sessions).session
+        changed_rows = []
+        for row in range(6):
+            saved = model.positions.weight[row].clone()
+            # Random, not constant: LayerNorm hides a constant shift of every dimension.
+            model.positions.weight[row].add_(torch.randn(8))
+            changed = ~torch.isclose(model.encode(sessions).session, reference).all(dim=1)
+            model.positions.weight[row].copy_(saved)
+            changed_rows.append(changed.tolist())
+    # [3] reads only position 5; [5, 3] reads positions 4 and 5, whatever the batch width.
+    assert changed_rows == [[False, False]] * 4 + [[False, True], [True, True]]
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "narm", "stamp", "sasrec"])
+def test_default_train_has_the_documented_keys(name):
+    model = build_backbone(name, 5, {})
+    assert set(model.default_train) == {"lr", "batch_size", "l2", "lr_decay_step", "lr_decay_gamma"}
+    assert model.registry_name == name and model.dim == 100
