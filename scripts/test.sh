@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs into .venv (CPU only, offline-capable), then run it.
+# Install everything the test suite needs into .venv (CPU only), then run it.
+# The first run builds llama-cpp-python from source (~10 minutes on 2 cores); later runs reuse the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+INTENTREC_EXTRAS=test,semantic bash scripts/install.sh
+INTENTREC_LLM_MODELS=${INTENTREC_LLM_MODELS:-smollm2} bash scripts/install-llm.sh
 exec .venv/bin/python -m pytest "$@"
