@@ -13,9 +13,8 @@ The reference is ``CRIPAC-DIG/SR-GNN``'s ``pytorch_code`` checked out *outside* 
 is imported unmodified and driven with the body of its own training loop, fed our train examples in
 its input format (a pickled ``(sequences, targets)`` pair, written to a temporary folder).
 
-Train examples come from ``--dataset`` (a prepared dataset) or, by default, are built from
-``interactions.csv`` the way the llm4sbr-beauty protocol does: the first 90 % of sessions are train,
-every prefix is an example (158,139), and a seeded 10 % of them is held out as validation.
+Train examples come from ``--dataset`` (a prepared dataset) or, by default, from Beauty prepared with
+the ``llm4sbr-beauty`` protocol under ``runs/`` (142,390 train examples after the validation carve-out).
 Results go to ``docs/results/srgnn-speed.md`` (written atomically) and stdout.
 """
 
@@ -47,49 +46,19 @@ LR, L2 = 0.001, 1e-5
 # --------------------------------------------------------------------------- data
 
 
-def beauty_train_examples(interactions: Path, valid_fraction: float, seed: int):
-    """Train examples (CSR values, offsets, targets, num_items) from the Beauty interactions CSV."""
-    import pandas as pd
-
-    frame = pd.read_csv(interactions, dtype={"session_id": str, "item_id": str})
-    session_codes, _ = pd.factorize(frame["session_id"], sort=False)
-    frame = frame.assign(session=session_codes).sort_values(["session", "position"], kind="stable")
-    item_codes, item_ids = pd.factorize(frame["item_id"], sort=False)
-    values = (item_codes + 1).astype(np.int32)
-    lengths = np.bincount(frame["session"].to_numpy())
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    train_sessions = int(0.9 * len(lengths))
-    lengths, starts = lengths[:train_sessions], starts[:train_sessions]
-    # Every proper prefix of a train session is an example whose target is the next click.
-    prefix_start = np.repeat(starts, lengths - 1)
-    prefix_length = np.concatenate([np.arange(1, n) for n in lengths])
-    targets = values[prefix_start + prefix_length]
-    offsets = np.concatenate([[0], np.cumsum(prefix_length)]).astype(np.int64)
-    take = np.repeat(prefix_start - offsets[:-1], prefix_length) + np.arange(offsets[-1])
-    prefix_values = values[take]
-    total = len(targets)
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.permutation(total)[round(total * valid_fraction) :])
-    return prefix_values, offsets, targets, len(item_ids), keep, total
-
-
 def load_train(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str]:
-    from intentrec.data.dataset import ExampleSet, PreparedDataset
+    from intentrec.data.dataset import PreparedDataset
 
-    if args.dataset:
-        dataset = PreparedDataset(args.dataset)
-        train = dataset.examples("train")
-        source = f"prepared dataset {args.dataset} (train split)"
-        return train.values, train.offsets, train.targets, dataset.num_items, source
-    values, offsets, targets, num_items, keep, total = beauty_train_examples(
-        args.interactions, args.valid_fraction, args.seed
-    )
-    train = ExampleSet("train", np.arange(total), values, offsets, targets).subset(keep)
-    source = (
-        f"{args.interactions}: first 90% of sessions, {total:,} prefix examples, "
-        f"{len(train):,} after holding out a seeded {args.valid_fraction:.0%} for validation"
-    )
-    return train.values, train.offsets, train.targets, num_items, source
+    if args.dataset is None:
+        from intentrec.data.prepare import prepare_dataset
+        from intentrec.paths import data_root
+
+        args.dataset = REPO / "runs" / "bench-backbones-beauty" / "beauty"
+        prepare_dataset("generic", data_root() / "amazon/beauty-2014-5core", args.dataset, protocol="llm4sbr-beauty")
+    dataset = PreparedDataset(args.dataset)
+    train = dataset.examples("train")
+    source = f"prepared dataset {args.dataset} (llm4sbr-beauty protocol, train split after the validation carve-out)"
+    return train.values, train.offsets, train.targets, dataset.num_items, source
 
 
 # --------------------------------------------------------------------------- children
@@ -267,16 +236,10 @@ def report(results: dict, args, source: str, examples: int, command: str) -> str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from intentrec.paths import data_root
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", type=Path, help="prepared dataset folder (default: build)")
     parser.add_argument(
-        "--interactions",
-        type=Path,
-        default=data_root() / "amazon" / "beauty-2014-5core" / "interactions.csv",
+        "--dataset", type=Path, help="prepared dataset folder (default: prepare llm4sbr-beauty under runs/)"
     )
-    parser.add_argument("--valid-fraction", type=float, default=0.1)
     parser.add_argument("--reference-dir", type=Path, help="checkout holding pytorch_code/")
     parser.add_argument("--reference-batches", type=int, default=150)
     parser.add_argument("--full-epoch", action=argparse.BooleanOptionalAction, default=True)

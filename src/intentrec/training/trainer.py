@@ -197,7 +197,10 @@ class _Loop:
         self.model = cls(dataset.num_items, model_cfg)
         self.model.prepare(dataset)
         self.model.to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.l2)
+        # fused Adam: one kernel per step instead of several per parameter (measurably faster on CPU)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.l2, fused=self.device.type in ("cpu", "cuda")
+        )
         self.scheduler = (
             torch.optim.lr_scheduler.StepLR(
                 self.optimizer, step_size=cfg.lr_decay_step, gamma=cfg.lr_decay_gamma
