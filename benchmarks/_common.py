@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmark scripts: dataset preparation, result records, tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intentrec import __version__
+from intentrec.io import atomic_open, write_json
+from intentrec.paths import data_root
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).resolve().is_relative_to(REPO) else sys.argv[0], *sys.argv[1:]])
+
+
+def prepare_beauty(work: Path, max_sessions: int | None = None) -> Path:
+    """Prepare Beauty with the llm4sbr-beauty protocol into ``work`` (reused when up to date)."""
+    from intentrec.data.prepare import prepare_dataset
+
+    out = work / ("beauty" if max_sessions is None else f"beauty-{max_sessions}")
+    params: dict[str, Any] = {"protocol": "llm4sbr-beauty"}
+    if max_sessions is not None:
+        params["max_sessions"] = max_sessions
+    prepare_dataset("generic", data_root() / "amazon/beauty-2014-5core", out, **params)
+    return out
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, intentrec {__version__}"
+
+
+def save_record(path: Path, record: dict[str, Any]) -> None:
+    write_json(path, record)
+
+
+def load_records(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var)
+
+
+def fmt_pct(values: list[float]) -> str:
+    mean, std = mean_std([100 * v for v in values])
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def write_markdown(path: Path, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
