@@ -20,7 +20,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def command_line() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).resolve().is_relative_to(REPO) else sys.argv[0], *sys.argv[1:]])
+    """The command that is running, with the script path relative to the repository."""
+    script = Path(sys.argv[0]).resolve()
+    shown = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else sys.argv[0]
+    return "python " + shlex.join([shown, *sys.argv[1:]])
 
 
 def prepare_beauty(work: Path, max_sessions: int | None = None) -> Path:
