@@ -58,9 +58,14 @@ def report(records: list[dict], command: str) -> str:
         "Produced by `benchmarks/backbones_beauty.py`; every number below is measured by that script.",
         "Model selection on the **validation** split (last 10% of train sessions); test metrics are those",
         "of the validation-selected epoch. Full ranking over all 12,101 items; ties count against the target.",
-        "Values are percentages, mean ± sample std over seeds.",
+        "Training: each backbone's paper trainer settings (`default_train`), at most 12 epochs, early",
+        "stopping with patience 3 on validation MRR@20. Values are percentages, mean ± sample std over",
+        "seeds (± 0.00 where only one seed has run so far). `epochs (best)` lists epochs run and the",
+        "selected epoch per seed; s/epoch is training time only (evaluation excluded).",
         "",
-        f"Command: `{command}`",
+        f"Rebuild this table: `{command}`. Runs recorded here were produced by:",
+        "",
+        *sorted({f"- `{r['command']}`" for r in records}),
         "",
     ]
     by_model: dict[str, list[dict]] = {}
@@ -99,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=ALL)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping on valid MRR@20)")
+    parser.add_argument("--epochs", type=int, default=12, help="maximum epochs (plus early stopping on valid MRR@20, patience 3)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=REPO / "runs/bench-backbones-beauty")
     parser.add_argument("--report-only", action="store_true")
@@ -120,7 +125,7 @@ def main() -> None:
                 print(f"{model} seed {seed}: HR@20 {100*t['HR@20']:.2f} MRR@20 {100*t['MRR@20']:.2f} "
                       f"({record['epochs_run']} epochs, {record['seconds_per_epoch']:.1f} s/epoch)", flush=True)
     records = load_records(RECORDS)
-    text = report(records, "python benchmarks/backbones_beauty.py")
+    text = report(records, "python benchmarks/backbones_beauty.py --report-only")
     write_markdown(OUT, text)
     print(text)
 
