@@ -62,14 +62,16 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        if _is_click_error(exc):  # usage errors: unknown option, missing argument, bad value
             exc.show()
             sys.exit(exc.exit_code)
         raise
 
+
+def _is_click_error(exc: Exception) -> bool:
+    # typer ships its own copy of click (typer._click), so match the class by name, not identity.
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
 
 if __name__ == "__main__":
     main()
