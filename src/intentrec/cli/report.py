@@ -44,7 +44,8 @@ def report(
             *[f"{100 * s['test'][c]:.2f}" for c in columns],
             f"{s['seconds_per_epoch']:.1f}" if s["seconds_per_epoch"] is not None else "-",
         )
-    console = Console()
+    # Twelve columns do not fit 80: never let rich squeeze the numbers into ellipses.
+    console = Console(width=max(Console().width, 170))
     console.print(table)
     if any(s["paper_mode"] for s in summaries):
         console.print("[bold red]Rows in PAPER MODE select per-metric maxima over epochs on TEST: optimistic.[/]")
