@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,19 @@ def require_data(relative: str) -> Path:
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@functools.lru_cache(maxsize=1)
+def fixture_data() -> Path:
+    """The hand-written loader fixtures, copied once per test process into a temporary folder.
+
+    Fixtures whose upstream file name looks like a real dataset (``ratings.dat``, ``u.data``, …) are
+    stored as ``STEM_EXT.fixture`` (``ratings_dat.fixture``) so the repository never tracks files named
+    like datasets; the copy gets the upstream names back, which the loaders detect.
+    """
+    target = Path(tempfile.mkdtemp(prefix="intentrec-fixtures-")) / "data"
+    shutil.copytree(FIXTURES / "data", target)
+    for path in target.rglob("*.fixture"):
+        stem, _, ext = path.name.removesuffix(".fixture").rpartition("_")
+        path.rename(path.with_name(f"{stem}.{ext}"))
+    return target

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, require_data
+from conftest import fixture_data, require_data
 
 from intentrec.data.loaders import load_source, locate_inputs
 from intentrec.errors import DataError
 
-DATA = FIXTURES / "data"
+DATA = fixture_data()
 
 
 def _events(raw) -> list[tuple]:

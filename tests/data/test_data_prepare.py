@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES, require_data
+from conftest import fixture_data, require_data
 from typer.testing import CliRunner
 
 from intentrec.cli.main import app
@@ -19,7 +19,7 @@ from intentrec.data import PreparedDataset
 from intentrec.data.prepare import prepare_dataset, resolve_config, run_prepare
 from intentrec.errors import ConfigError, DataError
 
-DATA = FIXTURES / "data"
+DATA = fixture_data()
 TINY = dict(min_item_support=1, min_session_length=2, test_fraction=0.3, valid_fraction=0.5)
 
 
