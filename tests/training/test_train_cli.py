@@ -34,12 +34,13 @@ def _invoke(*args):
 
 def test_settings_resolve_trainer_first_then_model(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("train:\n  lr: 0.5\n  epochs: 4\nmodel:\n  dropout: 0.1\nbatch_size: 8\n")
-    model, trainer = resolve_settings(
-        TEST_BACKBONE, cfg, ["lr=0.2", "embedding_dim=12", "model.dropout=0.3", "train.seed=5"]
+    cfg.write_text("train:\n  lr: 0.5\n  epochs: 4\nmodel:\n  dropout: 0.1\nbatch_size: 8\nmethod:\n  k: 2\n")
+    model, trainer, method = resolve_settings(
+        TEST_BACKBONE, cfg, ["lr=0.2", "embedding_dim=12", "model.dropout=0.3", "train.seed=5", "method.k=5"]
     )
     assert model == {"dropout": 0.3, "embedding_dim": 12}
     assert trainer == {"lr": 0.2, "epochs": 4, "batch_size": 8, "seed": 5}
+    assert method == {"k": 5}
 
 
 def test_unknown_setting_names_the_key():

@@ -20,8 +20,9 @@ from intentrec.errors import ConfigError, IntentrecError
 TRAIN_HELP = """Train a backbone on a prepared dataset into a run folder.
 
 Settings, from lowest to highest priority: the backbone's paper defaults, --config FILE (YAML/JSON
-with optional 'model:' and 'train:' sections), then --set. Keys are 'model.<field>' (backbone),
-'train.<field>' (trainer), or unprefixed: resolved against the trainer first, then the backbone.
+with optional 'model:', 'train:' and 'method:' sections), then --set. Keys are 'model.<field>'
+(backbone), 'train.<field>' (trainer), 'method.<field>' (the --method), or unprefixed: resolved
+against the trainer first, then the backbone.
 
 Running the same command again resumes an interrupted run (only train.epochs may change);
 --no-resume replaces the run instead.
@@ -33,6 +34,10 @@ Running the same command again resumes an interrupted run (only train.epochs may
   intentrec train data/beauty --model stamp --set embedding_dim=64 --set train.epochs=10 --out runs/x
 
   intentrec train data/beauty --model srgnn --select-on test --out runs/paper   [dim](paper mode)[/dim]
+
+  intentrec train data/beauty --model srgnn --method llm4sbr --set method.source=titles --out runs/llm4sbr
+
+  intentrec train data/mini --model srgnn --method llm4sbr --set method.source=llm --set method.llm=qwen0.5b --out runs/m
 """
 
 EVALUATE_HELP = """Evaluate a run's best checkpoint with exact full ranking over all items.
@@ -75,15 +80,21 @@ def _console() -> Console:
 
 def resolve_settings(
     model_name: str, config_file: Path | None, overrides: list[str] | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model, trainer) dicts from a config file and ``--set`` pairs; ``--set`` wins."""
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(model, trainer, method) dicts from a config file and ``--set`` pairs; ``--set`` wins."""
     from intentrec.models.registry import backbone_class
-    from intentrec.training.run import split_settings
+    from intentrec.training.run import pop_method_settings, split_settings
 
     cls = backbone_class(model_name)
-    file_model, file_train = split_settings(load_config_file(config_file), cls) if config_file else ({}, {})
-    set_model, set_train = split_settings(parse_overrides(overrides), cls)
-    return deep_merge(file_model, set_model), deep_merge(file_train, set_train)
+    file_rest, file_method = pop_method_settings(load_config_file(config_file) if config_file else {})
+    set_rest, set_method = pop_method_settings(parse_overrides(overrides))
+    file_model, file_train = split_settings(file_rest, cls)
+    set_model, set_train = split_settings(set_rest, cls)
+    return (
+        deep_merge(file_model, set_model),
+        deep_merge(file_train, set_train),
+        deep_merge(file_method, set_method),
+    )
 
 
 def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
@@ -132,6 +143,9 @@ def train_command(
     dataset_dir: Path = typer.Argument(..., help="A prepared dataset folder (intentrec prepare)."),
     model: str = typer.Option(..., "--model", "-m", help="Backbone name, e.g. srgnn, stamp, gru4rec."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (created if missing)."),
+    method: str | None = typer.Option(
+        None, "--method", help="Wrap the backbone in an LLM method: llm4sbr or dmsrec (options: --set method.X=...)."
+    ),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML/JSON settings file."),
     set_: list[str] | None = typer.Option(
         None, "--set", help="key=value override, repeatable (model.X, train.X or unprefixed)."
@@ -144,7 +158,9 @@ def train_command(
 ) -> None:
     from intentrec.training import train
 
-    model_values, train_values = resolve_settings(model, config, set_)
+    model_values, train_values, method_values = resolve_settings(model, config, set_)
+    if method_values and method is None:
+        raise ConfigError("method.* settings were given but no --method")
     if select_on is not None:
         train_values["select_on"] = select_on.value
     paper_mode = train_values.get("select_on") == "test"
@@ -164,6 +180,8 @@ def train_command(
         progress=progress and sys.stderr.isatty(),
         on_epoch=_epoch_line(console, trainer_cfg.select_metric, trainer_cfg.paper_mode),
         command="intentrec " + shlex.join(sys.argv[1:]),
+        method=method,
+        method_config=method_values if method else None,
     )
     metrics = result.metrics
     columns = {"test": result.test} if result.paper_mode else {"valid": result.valid, "test": result.test}
@@ -171,8 +189,17 @@ def train_command(
         f"{metrics['selection']}; best epoch {result.best_epoch} of {result.epochs_run}"
         + (" (stopped early)" if result.stopped_early else "")
     )
-    console.print(metrics_table(f"{model} → {out}", columns))
+    name = f"{method}({model})" if method else model
+    console.print(metrics_table(f"{name} → {out}", columns))
     console.print(caption)
+    semantic = metrics.get("semantic")
+    if semantic:
+        used = semantic.get("examples_used", {})
+        total = semantic.get("examples_total", {})
+        console.print(
+            f"text source: {semantic.get('source')} (views {', '.join(semantic.get('views', []))}); examples used: "
+            + ", ".join(f"{s} {used.get(s)}/{total.get(s)}" for s in used)
+        )
     if result.paper_mode:
         console.print(Panel(PAPER_BANNER, style="bold red"))
         honest = metrics.get("valid_selected")
@@ -196,9 +223,13 @@ def evaluate_command(
 
     trained = load_run(run_dir, dataset_dir=data, device=device)
     cfg = trained.trainer
+    examples = trained.dataset.examples(split.value)
+    if trained.method_config is not None:
+        restrict = bool(getattr(trained.method_config, "restrict_to_covered", False))
+        examples = trained.model.select_examples(examples, restrict=restrict)
     ranked = rank_examples(
         trained.model,
-        trained.dataset.examples(split.value),
+        examples,
         batch_size=cfg.eval_batch_size,
         max_length=cfg.max_length,
         device=trained.device,

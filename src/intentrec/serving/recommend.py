@@ -59,6 +59,11 @@ def recommend(
         raise IntentrecError("give at least one item id")
     if k < 1:
         raise IntentrecError(f"k must be at least 1, got {k}")
+    if hasattr(model, "features"):  # a Method: its text features exist only for the dataset's examples
+        raise IntentrecError(
+            f"recommend serves backbone runs; this run uses method '{model.registry_name}', whose text "
+            "features are precomputed per dataset example, not for new sessions (not supported yet)"
+        )
     columns = item_columns(dataset, item_ids)
     history = [c + 1 for c in columns]  # item indices
     if max_length is not None:

@@ -29,6 +29,8 @@ from intentrec.data.dataset import PreparedDataset
 from intentrec.errors import ConfigError, DataError
 from intentrec.io import sha256_file, write_json
 from intentrec.models.base import Backbone, BackboneConfig
+from intentrec.models.methods.base import Method, MethodConfig
+from intentrec.models.methods.registry import build_method_config, method_class
 from intentrec.models.registry import backbone_class
 from intentrec.training.checkpoint import load_weights
 from intentrec.training.config import TrainerConfig
@@ -122,6 +124,29 @@ def split_settings(settings: dict[str, Any], backbone: type[Backbone]) -> tuple[
     return model, trainer
 
 
+def pop_method_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split the ``method:`` section (``--set method.k=5``) off merged settings: (rest, method)."""
+    rest = dict(settings)
+    method = rest.pop("method", None) or {}
+    if not isinstance(method, dict):
+        raise ConfigError(f"'method' must be a section of key: value pairs, got {method!r}")
+    return rest, method
+
+
+def build_model(
+    cls: type[Backbone],
+    model_cfg: BackboneConfig,
+    num_items: int,
+    method: str | None = None,
+    method_cfg: MethodConfig | None = None,
+) -> Backbone | Method:
+    """The backbone, wrapped by ``method`` when one is given. Not yet prepared on a dataset."""
+    backbone = cls(num_items, model_cfg)
+    if method is None:
+        return backbone
+    return method_class(method)(backbone, build_method_config(method, method_cfg))
+
+
 def build_configs(
     model_name: str,
     model_config: dict[str, Any] | BackboneConfig | None,
@@ -152,8 +177,10 @@ def run_record(
     model_cfg: BackboneConfig,
     trainer_cfg: TrainerConfig,
     command: str | None,
+    method: str | None = None,
+    method_cfg: MethodConfig | None = None,
 ) -> dict[str, Any]:
-    return {
+    record = {
         "dataset": {
             "path": str(dataset.path.resolve()),
             "manifest_sha256": manifest_sha(dataset.path),
@@ -164,6 +191,10 @@ def run_record(
         "command": command if command is not None else shlex.join(sys.argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if method is not None:
+        assert method_cfg is not None
+        record["method"] = {"name": method, "config": method_cfg.model_dump(mode="json")}
+    return record
 
 
 def resume_mismatches(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -173,11 +204,15 @@ def resume_mismatches(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         problems.append(f"dataset differs ({old['dataset']['path']} → {new['dataset']['path']})")
     if old["model"]["name"] != new["model"]["name"]:
         problems.append(f"model: {old['model']['name']} → {new['model']['name']}")
+    old_method, new_method = old.get("method") or {}, new.get("method") or {}
+    if old_method.get("name") != new_method.get("name"):
+        problems.append(f"method: {old_method.get('name')} → {new_method.get('name')}")
     old_train = TrainerConfig.build(old["trainer"]).resume_key()
     new_train = TrainerConfig.build(new["trainer"]).resume_key()
     for section, old_values, new_values in (
         ("model", old["model"]["config"], new["model"]["config"]),
         ("train", old_train, new_train),
+        ("method", old_method.get("config") or {}, new_method.get("config") or {}),
     ):
         for key in sorted(set(old_values) | set(new_values)):
             if old_values.get(key) != new_values.get(key):
@@ -205,9 +240,10 @@ class TrainedRun:
     run: RunDir
     record: dict[str, Any]
     dataset: PreparedDataset
-    model: Backbone
+    model: Backbone | Method
     trainer: TrainerConfig
     device: torch.device
+    method_config: MethodConfig | None = None
 
     @property
     def paper_mode(self) -> bool:
@@ -220,7 +256,7 @@ def load_run(
     dataset_dir: str | Path | None = None,
     device: str = "cpu",
 ) -> TrainedRun:
-    """Rebuild the backbone from ``config.json``, ``prepare`` it on the dataset, load its weights.
+    """Rebuild the model (backbone, or method over it) from ``config.json``, ``prepare`` it on the dataset, load its weights.
 
     ``dataset_dir`` overrides the recorded dataset path (a moved dataset); its manifest must match.
     """
@@ -248,11 +284,13 @@ def load_run(
             path=data_path / schema.MANIFEST,
         )
     cls, model_cfg, trainer_cfg = build_configs(model_name, model_values, trainer_values)
+    method = (record.get("method") or {}).get("name")
+    method_cfg = build_method_config(method, record["method"]["config"]) if method else None
     dev = resolve_device(device)
-    model = cls(dataset.num_items, model_cfg)
+    model = build_model(cls, model_cfg, dataset.num_items, method, method_cfg)
     model.prepare(dataset)
     if not run.best.is_file():
         raise DataError(f"{BEST} is missing; the run has not completed an epoch", path=run.path)
     load_weights(run.best, model)
     model.to(dev).eval()
-    return TrainedRun(run, record, dataset, model, trainer_cfg, dev)
+    return TrainedRun(run, record, dataset, model, trainer_cfg, dev, method_cfg)

@@ -33,6 +33,8 @@ from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.evaluation.evaluate import evaluate_model
 from intentrec.io import append_jsonl, atomic_open, write_json
 from intentrec.models.base import Backbone, BackboneConfig
+from intentrec.models.methods.base import Method, MethodConfig
+from intentrec.models.methods.registry import build_method_config
 from intentrec.training.checkpoint import (
     load_training_state,
     load_weights,
@@ -43,6 +45,7 @@ from intentrec.training.config import TrainerConfig
 from intentrec.training.run import (
     RunDir,
     build_configs,
+    build_model,
     resolve_device,
     resume_mismatches,
     run_record,
@@ -99,18 +102,22 @@ def train(
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     command: str | None = None,
+    method: str | None = None,
+    method_config: dict[str, Any] | MethodConfig | None = None,
 ) -> TrainResult:
     """Train backbone ``model`` on a prepared dataset into run folder ``out``.
 
     With ``resume=True`` (default) an interrupted run in ``out`` with the same settings continues
     from its last completed epoch, and a finished one is returned as is (only ``epochs`` may grow);
     ``resume=False`` deletes the previous run's files first. ``progress=None`` shows a progress bar
-    only on a terminal. ``on_epoch`` receives each epoch's log record.
+    only on a terminal. ``on_epoch`` receives each epoch's log record. ``method`` wraps the backbone
+    in a registered method (e.g. ``"llm4sbr"``) configured by ``method_config``.
     """
     dataset = PreparedDataset(dataset_dir)
     cls, model_cfg, cfg = build_configs(model, model_config, trainer_config)
     run = RunDir(Path(out))
-    record = run_record(dataset, model, model_cfg, cfg, command)
+    method_cfg = build_method_config(method, method_config) if method else None
+    record = run_record(dataset, model, model_cfg, cfg, command, method, method_cfg)
 
     if run.has_run() and resume:
         old = run.read_json("config.json")
@@ -134,7 +141,7 @@ def train(
     run.metrics.unlink(missing_ok=True)  # a stale metrics.json must never outlive new epochs
     write_record(run, record)
 
-    loop = _Loop(dataset, cls, model_cfg, cfg, run, progress, on_epoch)
+    loop = _Loop(dataset, cls, model_cfg, cfg, run, progress, on_epoch, method, method_cfg)
     return loop.run(resume=resume)
 
 
@@ -171,6 +178,8 @@ class _Loop:
         run: RunDir,
         progress: bool | None,
         on_epoch: Callable[[dict[str, Any]], None] | None,
+        method: str | None = None,
+        method_cfg: MethodConfig | None = None,
     ):
         self.dataset, self.cfg, self.run_dir = dataset, cfg, run
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -194,12 +203,28 @@ class _Loop:
             )
 
         seed_everything(cfg.seed)
-        self.model = cls(dataset.num_items, model_cfg)
+        self.model = build_model(cls, model_cfg, dataset.num_items, method, method_cfg)
         self.model.prepare(dataset)
         self.model.to(self.device)
+        # A method may lack text features for some examples (an LLM stage that did not reach them):
+        # it either refuses, or (restrict_to_covered) the run uses only the covered examples.
+        self.semantic: dict[str, Any] | None = None
+        if isinstance(self.model, Method):
+            restrict = bool(getattr(method_cfg, "restrict_to_covered", False))
+            full = {s.split: len(s) for s in (self.train_set, self.valid_set, self.test_set)}
+            self.train_set, self.valid_set, self.test_set = (
+                self.model.select_examples(s, restrict=restrict)
+                for s in (self.train_set, self.valid_set, self.test_set)
+            )
+            self.semantic = {
+                **self.model.semantic_info(),
+                "examples_used": {s.split: len(s) for s in (self.train_set, self.valid_set, self.test_set)},
+                "examples_total": full,
+            }
+        self.trains = bool(getattr(self.model, "trains", True))
         # fused Adam: one kernel per step instead of several per parameter (measurably faster on CPU)
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.l2, fused=self.device.type in ("cpu", "cuda")
+            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.l2, fused=self.device.type in ("cpu", "cuda")
         )
         self.scheduler = (
             torch.optim.lr_scheduler.StepLR(
@@ -262,7 +287,7 @@ class _Loop:
             self.state["bad_epochs"] += 1
         if cfg.patience is not None and self.state["bad_epochs"] >= cfg.patience:
             self.state["stopped_early"] = True
-        if self.scheduler is not None:
+        if self.scheduler is not None and self.trains:
             self.scheduler.step()
 
         record.update(
@@ -284,6 +309,10 @@ class _Loop:
 
     def _train_one_epoch(self, epoch: int) -> float:
         cfg = self.cfg
+        if not self.trains:
+            # nothing to learn (e.g. LLM4SBR's LLM-Infer ablation): one pass of evaluation only
+            self.state["stopped_early"] = True
+            return 0.0
         self.model.train()
         total = torch.zeros((), device=self.device)
         seen = 0
@@ -351,6 +380,8 @@ class _Loop:
             },
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
         }
+        if self.semantic is not None:
+            metrics["semantic"] = self.semantic
         if cfg.paper_mode:
             test_max, argmax = _per_metric_max(history)
             metrics.update(

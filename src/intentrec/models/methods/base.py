@@ -1,0 +1,185 @@
+"""The method contract: a plug-in that wraps any registered backbone without touching its code.
+
+A method reads the backbone's named session vectors (``local``, ``global``) and item table, reads
+precomputed text features for each example *by example id*, adds its fusion and auxiliary losses,
+and scores all items. It presents the same interface as a backbone (``prepare``, ``encode``,
+``score``, ``loss``, ``item_embeddings``), so the trainer, evaluation and serving treat both alike.
+
+Vector mapping. Every shipped backbone returns ``local`` (last-click state) and ``global`` (attention
+readout). A backbone that lacks one gets this documented mapping instead of an error:
+``local`` → the embedding of the last clicked item; ``global`` → the backbone's final session vector.
+
+Text features live in non-persistent buffers: they are rebuilt by ``prepare`` from the dataset's
+semantic files and never stored in checkpoints. They are kept in float16 (half the memory; the
+vectors are unit-length text embeddings, so the precision loss is far below their noise) and cast
+per batch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from intentrec.config import Config
+from intentrec.data.batch import SessionBatch
+from intentrec.errors import DataError
+from intentrec.models.base import Backbone, BackboneOutput
+from intentrec.models.methods.features import FeatureTable
+
+if TYPE_CHECKING:
+    from intentrec.data.dataset import ExampleSet, PreparedDataset
+
+
+class MethodConfig(Config):
+    """Fields every method has; subclasses add their own with the papers' defaults."""
+
+
+class Method(nn.Module):
+    """Base class of all methods. Subclasses set ``Config`` and implement ``fuse``/``extra_loss``."""
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    registry_name: ClassVar[str] = ""
+    #: False for methods that only rank with precomputed vectors (nothing to train).
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, backbone: Backbone, config: MethodConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.features: dict[str, FeatureTable] = {}
+        self._last_aux: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- backbone passthrough
+    @property
+    def num_items(self) -> int:
+        return self.backbone.num_items
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.dim
+
+    @property
+    def vector_names(self) -> tuple[str, ...]:
+        return self.backbone.vector_names
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.backbone.item_embeddings()
+
+    # ---------------------------------------------------------------- semantic features
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the per-example feature tables this method reads (what ``load_features`` returns)."""
+        raise NotImplementedError
+
+    def load_features(self, dataset: PreparedDataset) -> dict[str, FeatureTable]:
+        """Build or load the text features this method needs (subclasses)."""
+        return {}
+
+    def prepare(self, dataset: PreparedDataset) -> None:
+        self.backbone.prepare(dataset)
+        self.attach(self.load_features(dataset))
+
+    def attach(self, tables: dict[str, FeatureTable]) -> None:
+        """Make ``tables`` available to ``feature(name, example_ids)`` as dense id-indexed buffers."""
+        self.features = dict(tables)
+        device = next(self.backbone.parameters()).device
+        for name, table in tables.items():
+            max_id = int(table.example_ids.max(initial=-1))
+            rows = np.full(max_id + 2, -1, dtype=np.int64)  # last slot: ids beyond the table
+            rows[table.example_ids] = np.where(table.present, np.arange(len(table.example_ids)), -1)
+            vectors = torch.from_numpy(np.ascontiguousarray(table.vectors, dtype=np.float16))
+            # an all-zero row at the end serves every missing example
+            pad = torch.zeros((1, *vectors.shape[1:]), dtype=vectors.dtype)
+            self.register_buffer(f"_feat_{name}", torch.cat([vectors, pad]).to(device), persistent=False)
+            self.register_buffer(f"_rows_{name}", torch.from_numpy(rows).to(device), persistent=False)
+            if table.counts is not None:
+                counts = torch.cat([torch.from_numpy(table.counts.astype(np.int64)), torch.zeros(1, dtype=torch.long)])
+                self.register_buffer(f"_counts_{name}", counts.to(device), persistent=False)
+
+    def _rows(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
+        if name not in self.features:
+            raise DataError(
+                f"method '{self.registry_name}' has no text feature '{name}'; call prepare(dataset) first"
+            )
+        lookup: torch.Tensor = getattr(self, f"_rows_{name}")
+        ids = example_ids.clamp(max=lookup.numel() - 1)
+        rows = lookup[ids]
+        n = getattr(self, f"_feat_{name}").shape[0] - 1
+        return torch.where(rows < 0, torch.full_like(rows, n), rows)
+
+    def feature(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
+        """float32 features of ``example_ids`` (zeros where missing): ``[B, D]`` or ``[B, J, D]``."""
+        return getattr(self, f"_feat_{name}")[self._rows(name, example_ids)].float()
+
+    def feature_counts(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
+        return getattr(self, f"_counts_{name}")[self._rows(name, example_ids)]
+
+    def covered(self, example_ids: np.ndarray) -> np.ndarray:
+        """Bool per example: every feature this method reads is present for it."""
+        out = np.ones(len(example_ids), dtype=bool)
+        for table in self.features.values():
+            out &= table.coverage(example_ids)
+        return out
+
+    def select_examples(self, examples: ExampleSet, *, restrict: bool) -> ExampleSet:
+        """The examples to train/evaluate on: all, or (``restrict``) only those with features.
+
+        Without ``restrict``, missing features are an error: a run must never silently use zero
+        vectors for examples the LLM stage did not reach.
+        """
+        covered = self.covered(examples.example_ids)
+        if covered.all():
+            return examples
+        if not restrict:
+            missing = examples.example_ids[~covered]
+            raise DataError(
+                f"{len(missing)} of {len(covered)} {examples.split} examples have no text features "
+                f"(e.g. example ids {missing[:5].tolist()}); generate them ('intentrec infer' + "
+                "'intentrec intents'), or set method.restrict_to_covered=true to use only the "
+                "covered subset"
+            )
+        return examples.subset(np.flatnonzero(covered))
+
+    def semantic_info(self) -> dict[str, Any]:
+        """What the run used: written into metrics.json so every result says its intent source."""
+        return {"method": self.registry_name, "features": {k: t.info for k, t in self.features.items()}}
+
+    # ---------------------------------------------------------------- vectors
+    def vector(self, output: BackboneOutput, name: str, batch: SessionBatch) -> torch.Tensor:
+        """A named backbone vector, or its documented stand-in when the backbone lacks it."""
+        if name in output.vectors:
+            return output.vectors[name]
+        if name == "local":
+            return F.embedding(batch.last_items() - 1, self.backbone.item_embeddings())
+        if name == "global":
+            return output.session
+        raise DataError(f"backbone '{self.backbone.registry_name}' has no vector '{name}'")
+
+    # ---------------------------------------------------------------- model interface
+    def fuse(self, output: BackboneOutput, batch: SessionBatch) -> tuple[BackboneOutput, dict[str, torch.Tensor]]:
+        """The method's session output and its auxiliary losses (unweighted, by name)."""
+        raise NotImplementedError
+
+    def extra_loss(self, aux: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Weighted sum of the auxiliary losses added to CE (None: CE only)."""
+        return None
+
+    def encode(self, batch: SessionBatch) -> BackboneOutput:
+        return self.fuse(self.backbone.encode(batch), batch)[0]
+
+    def score(self, output: BackboneOutput) -> torch.Tensor:
+        return self.backbone.score(output)
+
+    def forward(self, batch: SessionBatch) -> torch.Tensor:
+        return self.score(self.encode(batch))
+
+    def loss(self, batch: SessionBatch) -> torch.Tensor:
+        if batch.targets is None:
+            raise ValueError("loss() needs a batch with targets")
+        output, aux = self.fuse(self.backbone.encode(batch), batch)
+        loss = F.cross_entropy(self.score(output), batch.targets)
+        extra = self.extra_loss(aux)
+        return loss if extra is None else loss + extra

@@ -1,0 +1,167 @@
+"""LLM4SBR (Qiao et al., arXiv 2402.13840) as a plug-in over any backbone.
+
+Two text views per example — long-term and short-term intent — each a localized text vector
+(see :mod:`intentrec.semantic.views` for the ``llm`` and ``titles`` sources). With ``T_v`` the text
+vector mapped to the model width by one shared linear map:
+
+    l = w1ᵀ σ(global + T_long)          s = w2ᵀ σ(local + T_short)
+    session = W [l · global ; s · local] + b
+    loss = CE + λ · (AU(global, T_long) + AU(local, T_short))        (DirectAU, λ = 0.1)
+
+Ablations (config switches): ``lambda_au=0`` (w/o AU); ``views=[short]`` / ``views=[long]`` (w/o
+long / w/o short: the missing view's text term is zero and it has no AU term); ``normal=true`` (one
+view without a long/short qualifier, used in both places, one AU term against ``global``);
+``infer_only=true`` (LLM-Infer: no training; items are ranked by the cosine between the mean of the
+example's view vectors and the catalogue's title vectors). "w/o LLM" is the backbone alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from intentrec.data.batch import SessionBatch
+from intentrec.errors import ConfigError
+from intentrec.models.base import Backbone, BackboneOutput
+from intentrec.models.methods.base import Method, MethodConfig
+from intentrec.models.methods.features import FeatureTable
+from intentrec.models.methods.losses import directau
+from intentrec.models.methods.registry import register_method
+
+if TYPE_CHECKING:
+    from intentrec.data.dataset import PreparedDataset
+
+TEMPLATES = {"long": "llm4sbr-long", "short": "llm4sbr-short", "normal": "llm4sbr-normal"}
+
+
+class LLM4SBRConfig(MethodConfig):
+    source: Literal["titles", "llm"] = Field("titles", description="where the view texts come from")
+    views: list[Literal["long", "short"]] = Field(default_factory=lambda: ["long", "short"])
+    normal: bool = Field(False, description="one unqualified view instead of long + short")
+    lambda_au: float = Field(0.1, ge=0, description="weight of the alignment + uniformity losses")
+    k: int = Field(3, ge=0, description="catalogue items per intent in localization (0 = raw)")
+    encoder: str = "minilm"
+    llm: str | None = Field(None, description="source=llm: the LLM that answered (name, .gguf, hf:, URL#MODEL)")
+    store: str | None = Field(None, description="source=llm: answer store (default $INTENTREC_HOME/answers.sqlite)")
+    restrict_to_covered: bool = Field(False, description="source=llm: use only examples with answers")
+    short_window: int = Field(3, ge=1, description="source=titles: clicks in the short view")
+    infer_only: bool = Field(False, description="LLM-Infer: rank by the text vectors alone, no training")
+
+    @model_validator(mode="after")
+    def _check(self) -> LLM4SBRConfig:
+        if not self.views and not self.normal:
+            raise ValueError("views is empty: keep at least one of long, short (or set normal=true)")
+        if self.source == "llm" and not self.llm:
+            raise ValueError("source=llm needs llm=<model> (the LLM whose answers are in the store)")
+        return self
+
+    def view_names(self) -> tuple[str, ...]:
+        return ("normal",) if self.normal else tuple(dict.fromkeys(self.views))
+
+
+@register_method("llm4sbr")
+class LLM4SBR(Method):
+    Config: ClassVar[type[MethodConfig]] = LLM4SBRConfig
+
+    def __init__(self, backbone: Backbone, config: LLM4SBRConfig):
+        super().__init__(backbone, config)
+        d = backbone.dim
+        self.w_long = nn.Linear(d, 1, bias=False)
+        self.w_short = nn.Linear(d, 1, bias=False)
+        self.combine = nn.Linear(2 * d, d)
+        self.text_proj: nn.Linear | None = None  # created once the text width is known (attach)
+
+    @property
+    def trains(self) -> bool:
+        return not self.config.infer_only
+
+    # ------------------------------------------------------------------ features
+    def feature_names(self) -> tuple[str, ...]:
+        return self.config.view_names()
+
+    def load_features(self, dataset: PreparedDataset) -> dict[str, FeatureTable]:
+        from intentrec.semantic.encoders import get_encoder
+        from intentrec.semantic.views import llm_view, title_views
+
+        cfg: LLM4SBRConfig = self.config
+        encoder = get_encoder(cfg.encoder)
+        names = cfg.view_names()
+        if cfg.source == "titles":
+            wanted = tuple(dict.fromkeys("long" if v == "normal" else v for v in names))
+            tables = title_views(dataset.path, encoder, views=wanted, k=cfg.k, short_window=cfg.short_window)
+            out = {v: tables["long" if v == "normal" else v] for v in names}
+        else:
+            from intentrec.semantic.llm import resolve_llm_identity
+
+            identity = resolve_llm_identity(cfg.llm)
+            out = {
+                v: llm_view(dataset.path, template=TEMPLATES[v], llm_identity=identity, encoder=encoder,
+                            k=cfg.k, store_path=cfg.store, name=v)
+                for v in names
+            }
+        if cfg.infer_only:
+            from intentrec.semantic.intents import embed_catalogue
+
+            catalogue = embed_catalogue(dataset.path, encoder, normalize=True).vectors
+            self.register_buffer("_catalogue", torch.from_numpy(catalogue.astype(np.float16)), persistent=False)
+        return out
+
+    def attach(self, tables: dict[str, FeatureTable]) -> None:
+        dims = {t.dim for t in tables.values()}
+        if len(dims) != 1:
+            raise ConfigError(f"llm4sbr: the views have different text widths {sorted(dims)}")
+        width = dims.pop()
+        if self.text_proj is None or self.text_proj.in_features != width:
+            device = self.combine.weight.device
+            self.text_proj = nn.Linear(width, self.backbone.dim).to(device)
+        super().attach(tables)
+
+    def semantic_info(self) -> dict[str, Any]:
+        cfg: LLM4SBRConfig = self.config
+        return {**super().semantic_info(), "source": cfg.source, "views": list(cfg.view_names()), "k": cfg.k}
+
+    # ------------------------------------------------------------------ model
+    def _texts(self, batch: SessionBatch) -> dict[str, torch.Tensor]:
+        assert self.text_proj is not None, "prepare(dataset) or attach(tables) first"
+        return {v: self.text_proj(self.feature(v, batch.example_ids)) for v in self.features}
+
+    def fuse(self, output: BackboneOutput, batch: SessionBatch) -> tuple[BackboneOutput, dict[str, torch.Tensor]]:
+        local = self.vector(output, "local", batch)
+        global_ = self.vector(output, "global", batch)
+        texts = self._texts(batch)
+        t_long = texts.get("long", texts.get("normal"))
+        t_short = texts.get("short", texts.get("normal"))
+        long_in = global_ if t_long is None else global_ + t_long
+        short_in = local if t_short is None else local + t_short
+        weight_long = self.w_long(torch.sigmoid(long_in))
+        weight_short = self.w_short(torch.sigmoid(short_in))
+        session = self.combine(torch.cat([weight_long * global_, weight_short * local], dim=1))
+        aux: dict[str, torch.Tensor] = {}
+        if self.config.lambda_au > 0 and self.training:
+            if "normal" in texts:
+                aux["au_normal"] = directau(global_, texts["normal"])
+            if "long" in texts:
+                aux["au_long"] = directau(global_, texts["long"])
+            if "short" in texts:
+                aux["au_short"] = directau(local, texts["short"])
+        return output.replace_session(session), aux
+
+    def extra_loss(self, aux: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if not aux:
+            return None
+        return self.config.lambda_au * sum(aux.values())
+
+    def forward(self, batch: SessionBatch) -> torch.Tensor:
+        if self.config.infer_only:
+            return self.infer_scores(batch)
+        return super().forward(batch)
+
+    def infer_scores(self, batch: SessionBatch) -> torch.Tensor:
+        """LLM-Infer: cosine between the mean view vector and every item's title vector."""
+        raw = torch.stack([self.feature(v, batch.example_ids) for v in self.features]).mean(0)
+        return F.normalize(raw, dim=-1) @ self._catalogue.float().t()

@@ -1,0 +1,188 @@
+"""LLM4SBR: the fusion formula, its ablation switches, the titles source, and end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_dataset import write_tiny_dataset
+from typer.testing import CliRunner
+
+from intentrec.cli.main import app
+from intentrec.data.batch import SessionBatch
+from intentrec.errors import ConfigError, DataError, IntentrecError
+from intentrec.models.methods import FeatureTable, build_method
+from intentrec.models.methods.losses import directau
+from intentrec.models.registry import build_backbone
+from intentrec.semantic.views import window_means
+
+SEMANTIC_TESTS = Path(__file__).resolve().parents[1] / "semantic"
+
+
+def tables(names, n=64, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = np.arange(n)
+    return {v: FeatureTable(ids, rng.normal(size=(n, dim)).astype(np.float32), np.ones(n, bool)) for v in names}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+def method(dataset, **config):
+    torch.manual_seed(0)
+    backbone = build_backbone("srgnn", dataset.num_items, {"embedding_dim": 16})
+    m = build_method("llm4sbr", backbone, config)
+    m.attach(tables(m.feature_names()))
+    return m
+
+
+def batch():
+    return SessionBatch.from_lists([[1, 2, 3], [4], [5, 6, 7, 5]], targets=[2, 3, 4], example_ids=[3, 9, 12])
+
+
+def test_fusion_follows_the_paper(tiny):
+    m = method(tiny).train()
+    b = batch()
+    out = m.backbone.encode(b)
+    local, global_ = out.vectors["local"], out.vectors["global"]
+    t_long = m.text_proj(m.feature("long", b.example_ids))
+    t_short = m.text_proj(m.feature("short", b.example_ids))
+    l = torch.sigmoid(global_ + t_long) @ m.w_long.weight.t()
+    s = torch.sigmoid(local + t_short) @ m.w_short.weight.t()
+    expected = m.combine(torch.cat([l * global_, s * local], dim=1))
+    fused, aux = m.fuse(out, b)
+    torch.testing.assert_close(fused.session, expected)
+    torch.testing.assert_close(aux["au_long"], directau(global_, t_long))
+    torch.testing.assert_close(aux["au_short"], directau(local, t_short))
+    ce = torch.nn.functional.cross_entropy(m.backbone.score(fused), b.targets)
+    torch.manual_seed(0)
+    torch.testing.assert_close(m.loss(b), ce + 0.1 * (aux["au_long"] + aux["au_short"]))
+
+
+def test_ablation_switches(tiny):
+    b = batch()
+    assert method(tiny, lambda_au=0).train().fuse(method(tiny).backbone.encode(b), b)[1] == {}
+    wo_long = method(tiny, views=["short"]).train()
+    assert wo_long.feature_names() == ("short",)
+    assert set(wo_long.fuse(wo_long.backbone.encode(b), b)[1]) == {"au_short"}
+    normal = method(tiny, normal=True).train()
+    assert normal.feature_names() == ("normal",)
+    assert set(normal.fuse(normal.backbone.encode(b), b)[1]) == {"au_normal"}
+    # no auxiliary loss at evaluation time
+    assert method(tiny).eval().fuse(method(tiny).backbone.encode(b), b)[1] == {}
+    with pytest.raises(ConfigError, match="views is empty"):
+        method(tiny, views=[])
+    with pytest.raises(ConfigError, match="needs llm="):
+        method(tiny, source="llm")
+    with pytest.raises(ConfigError, match="unknown key 'lambda'"):
+        method(tiny, **{"lambda": 0.1})
+
+
+def test_llm_infer_ranks_by_text_similarity(tiny):
+    m = method(tiny, infer_only=True)
+    rng = np.random.default_rng(1)
+    catalogue = rng.normal(size=(tiny.num_items, 8)).astype(np.float32)
+    catalogue /= np.linalg.norm(catalogue, axis=1, keepdims=True)
+    m.register_buffer("_catalogue", torch.from_numpy(catalogue.astype(np.float16)), persistent=False)
+    b = batch()
+    mean = (m.feature("long", b.example_ids) + m.feature("short", b.example_ids)) / 2
+    expected = torch.nn.functional.normalize(mean, dim=-1) @ torch.from_numpy(catalogue.astype(np.float16)).float().t()
+    torch.testing.assert_close(m(b), expected)
+    assert m.trains is False
+
+
+def test_window_means_match_a_plain_loop():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(10, 4)).astype(np.float32)
+    seqs = [[1], [2, 3, 4, 5], [10, 10], [7, 8, 9, 1, 2]]
+    values = np.array([i for s in seqs for i in s])
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
+    for window in (None, 3):
+        got = window_means(vectors, values, offsets, window)
+        want = np.stack([vectors[np.array(s[-window:] if window else s) - 1].mean(0) for s in seqs])
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_titles_source_end_to_end_with_the_real_encoder(tiny, tmp_path):
+    pytest.importorskip("sentence_transformers")
+    runner = CliRunner()
+    args = ["train", str(tiny.path), "--model", "srgnn", "--method", "llm4sbr", "--out", str(tmp_path / "run"),
+            "--set", "train.epochs=2", "--set", "model.embedding_dim=16", "--set", "method.k=2", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "text source: titles" in result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    semantic = metrics["semantic"]
+    assert semantic["source"] == "titles" and semantic["views"] == ["long", "short"]
+    assert semantic["examples_used"] == semantic["examples_total"]
+    files = sorted(p.name for p in (tiny.path / "semantic").glob("views.titles-*.safetensors"))
+    assert len(files) == 2 and all(".k2." in f for f in files)
+    # evaluate re-attaches the features from the cached files and reproduces the final test metrics
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["metrics"]["HR@20"] == pytest.approx(metrics["test"]["HR@20"])
+    # a changed method setting refuses to resume into the same folder
+    changed = runner.invoke(app, [*args[:-1], "--set", "method.lambda_au=0", "--no-progress"])
+    assert isinstance(changed.exception, IntentrecError) and "method.lambda_au: 0.1 → 0.0" in str(changed.exception)
+    # methods cannot serve new sessions yet, and say so
+    rec = runner.invoke(app, ["recommend", str(tmp_path / "run"), "--items", "item1,item2"])
+    assert isinstance(rec.exception, IntentrecError) and "method 'llm4sbr'" in str(rec.exception)
+
+
+def test_llm_infer_ablation_trains_nothing(tiny, tmp_path):
+    pytest.importorskip("sentence_transformers")
+    from intentrec.training import train
+
+    result = train(tiny.path, "srgnn", {"embedding_dim": 16}, {"epochs": 5}, out=tmp_path / "infer",
+                   method="llm4sbr", method_config={"infer_only": True, "k": 2}, progress=False)
+    assert result.epochs_run == 1 and result.history[0]["loss"] == 0.0
+    assert 0.0 <= result.test["HR@20"] <= 1.0
+
+
+def test_llm_source_with_a_real_small_llm(tmp_path):
+    sys.path.insert(0, str(SEMANTIC_TESTS))
+    from test_infer import write_dataset
+    from test_infer_llm import TITLES, _sessions
+    from test_llm_llamacpp import require_smollm2
+
+    require_smollm2()
+    pytest.importorskip("sentence_transformers")
+    from intentrec.semantic.infer import run_inference
+    from intentrec.semantic.llm.base import DecodingConfig
+    from intentrec.semantic.store import AnswerStore
+    from intentrec.training import train
+
+    data = write_dataset(tmp_path / "ds", {"train": _sessions(4, 4), "valid": _sessions(2, 3), "test": _sessions(2, 4)}, TITLES)
+    store_path = tmp_path / "answers.sqlite"
+    with AnswerStore(store_path) as store:
+        for template in ("llm4sbr-long", "llm4sbr-short"):
+            for split, limit in (("train", 4), ("valid", 2), ("test", 2)):
+                report = run_inference(data, template=template, llm="smollm2", split=split, limit=limit, store=store,
+                                       progress=False, decoding=DecodingConfig(max_tokens=16),
+                                       llm_options={"n_parallel": 4})
+                assert report.covered == limit
+    config = {"source": "llm", "llm": "smollm2", "store": str(store_path), "k": 2}
+    with pytest.raises(DataError, match="have no text features"):
+        train(data, "srgnn", {"embedding_dim": 16}, {"epochs": 1}, out=tmp_path / "refused",
+              method="llm4sbr", method_config=config, progress=False)
+    result = train(data, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "run", method="llm4sbr",
+                   method_config={**config, "restrict_to_covered": True}, progress=False)
+    semantic = result.metrics["semantic"]
+    assert semantic["source"] == "llm"
+    assert semantic["examples_used"] == {"train": 4, "valid": 2, "test": 2}
+    assert semantic["features"]["long"]["llm"]["model_sha256"]
+    assert 0.0 <= result.test["HR@20"] <= 1.0
+
+
+def test_unknown_method_is_one_clear_error(tiny, tmp_path):
+    with pytest.raises(IntentrecError, match="unknown method 'nope'"):
+        from intentrec.training import train
+
+        train(tiny.path, "srgnn", {}, {"epochs": 1}, out=tmp_path / "x", method="nope")
