@@ -11,8 +11,8 @@ readout). A backbone that lacks one gets this documented mapping instead of an e
 
 Text features live in non-persistent buffers: they are rebuilt by ``prepare`` from the dataset's
 semantic files and never stored in checkpoints. They are kept in float16 (half the memory; the
-vectors are unit-length text embeddings, so the precision loss is far below their noise) and cast
-per batch.
+vectors are unit-length text embeddings, so the precision loss is far below their noise), one copy
+shared by the table and the buffer, and cast per batch.
 """
 
 from __future__ import annotations
@@ -90,32 +90,33 @@ class Method(nn.Module):
             max_id = int(table.example_ids.max(initial=-1))
             rows = np.full(max_id + 2, -1, dtype=np.int64)  # last slot: ids beyond the table
             rows[table.example_ids] = np.where(table.present, np.arange(len(table.example_ids)), -1)
-            vectors = torch.from_numpy(np.ascontiguousarray(table.vectors, dtype=np.float16))
-            # an all-zero row at the end serves every missing example
-            pad = torch.zeros((1, *vectors.shape[1:]), dtype=vectors.dtype)
-            self.register_buffer(f"_feat_{name}", torch.cat([vectors, pad]).to(device), persistent=False)
+            # One float16 copy, shared by the table and the buffer (the float32 input is let go).
+            table.vectors = np.ascontiguousarray(table.vectors, dtype=np.float16)
+            self.register_buffer(f"_feat_{name}", torch.from_numpy(table.vectors).to(device), persistent=False)
             self.register_buffer(f"_rows_{name}", torch.from_numpy(rows).to(device), persistent=False)
             if table.counts is not None:
-                counts = torch.cat([torch.from_numpy(table.counts.astype(np.int64)), torch.zeros(1, dtype=torch.long)])
+                counts = torch.from_numpy(table.counts.astype(np.int64))
                 self.register_buffer(f"_counts_{name}", counts.to(device), persistent=False)
 
     def _rows(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
+        """Row of each example in the feature buffer, −1 where it has none."""
         if name not in self.features:
             raise DataError(
                 f"method '{self.registry_name}' has no text feature '{name}'; call prepare(dataset) first"
             )
         lookup: torch.Tensor = getattr(self, f"_rows_{name}")
-        ids = example_ids.clamp(max=lookup.numel() - 1)
-        rows = lookup[ids]
-        n = getattr(self, f"_feat_{name}").shape[0] - 1
-        return torch.where(rows < 0, torch.full_like(rows, n), rows)
+        return lookup[example_ids.clamp(max=lookup.numel() - 1)]
 
     def feature(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
         """float32 features of ``example_ids`` (zeros where missing): ``[B, D]`` or ``[B, J, D]``."""
-        return getattr(self, f"_feat_{name}")[self._rows(name, example_ids)].float()
+        rows = self._rows(name, example_ids)
+        values = getattr(self, f"_feat_{name}")[rows.clamp(min=0)].float()
+        missing = (rows < 0).view(-1, *([1] * (values.dim() - 1)))
+        return values.masked_fill(missing, 0.0)
 
     def feature_counts(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
-        return getattr(self, f"_counts_{name}")[self._rows(name, example_ids)]
+        rows = self._rows(name, example_ids)
+        return getattr(self, f"_counts_{name}")[rows.clamp(min=0)].masked_fill(rows < 0, 0)
 
     def covered(self, example_ids: np.ndarray) -> np.ndarray:
         """Bool per example: every feature this method reads is present for it."""
