@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
-import platform
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from intentrec import __version__
+from intentrec.experiments.records import machine
+from intentrec.experiments.report import mean_std
 from intentrec.io import atomic_open, write_json
 from intentrec.paths import data_root
+
+__all__ = [
+    "REPO", "command_line", "fmt_pct", "load_records", "machine", "mean_std", "prepare_beauty",
+    "save_record", "write_markdown",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,27 +40,12 @@ def prepare_beauty(work: Path, max_sessions: int | None = None) -> Path:
     return out
 
 
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, intentrec {__version__}"
-
-
 def save_record(path: Path, record: dict[str, Any]) -> None:
     write_json(path, record)
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    if n == 1:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var)
 
 
 def fmt_pct(values: list[float]) -> str:

@@ -1,0 +1,123 @@
+"""Run records: one small JSON per finished run, the only input of the results tables.
+
+A record is written (atomically) after its run finished; its presence means "done". It holds what is
+needed to trust and reproduce a number without the run folder: the dataset's manifest hash and
+protocol, the requested settings and the full resolved configs, the command, the selection mode, the
+metrics, time and memory, the library version and the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from intentrec import __version__
+from intentrec.experiments.plan import RunSpec
+from intentrec.io import write_json
+
+#: Keys copied from the run folder's config.json: the full configs after defaults were applied.
+_CONFIG_KEYS = ("model", "method", "trainer")
+
+
+def machine() -> str:
+    """CPU (and GPU when one is used), torch threads and versions, for the record."""
+    import torch
+
+    text = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return f"{text}, torch {torch.__version__}, intentrec {__version__}"
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the current directory when it lies below it (records are committed)."""
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
+
+
+def build_record(
+    run: RunSpec,
+    result: Any,
+    *,
+    experiment: str,
+    dataset_dir: Path,
+    manifest: dict[str, Any],
+    manifest_sha256: str,
+    command: str,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """The record of a finished run from its ``TrainResult``."""
+    metrics: dict[str, Any] = result.metrics
+    run_config = _read_json(Path(result.run_dir) / "config.json")
+    record: dict[str, Any] = {
+        "run_id": run.run_id,
+        "experiment": experiment,
+        "dataset": {
+            "name": run.dataset,
+            "path": display_path(dataset_dir),
+            "manifest_sha256": manifest_sha256,
+            "protocol": manifest.get("protocol"),
+        },
+        "backbone": run.backbone,
+        "method": run.method,
+        "variant": run.variant,
+        "seed": run.seed,
+        "settings": run.settings,
+        "config": {k: run_config[k] for k in _CONFIG_KEYS if k in run_config},
+        "command": command,
+        "selection": result.selection,
+        "paper_mode": bool(result.paper_mode),
+    }
+    if metrics.get("warning"):
+        record["warning"] = metrics["warning"]
+    record.update(
+        valid=result.valid,
+        test=result.test,
+        best_epoch=result.best_epoch,
+        epochs_run=result.epochs_run,
+        stopped_early=result.stopped_early,
+        seconds_per_epoch=metrics.get("seconds_per_epoch_mean"),
+        train_seconds_per_epoch=metrics.get("train_seconds_per_epoch_mean"),
+        seconds_total=metrics.get("seconds_total"),
+        wall_seconds=round(wall_seconds, 3),
+        peak_rss_mb=metrics.get("peak_rss_mb"),
+        num_parameters=metrics.get("num_parameters"),
+    )
+    if metrics.get("valid_selected"):
+        record["valid_selected"] = metrics["valid_selected"]
+    if metrics.get("semantic") is not None:
+        record["semantic"] = metrics["semantic"]
+    record.update(
+        run_dir=display_path(Path(result.run_dir)),
+        library_version=__version__,
+        machine=machine(),
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    return record
+
+
+def save_record(path: Path, record: dict[str, Any]) -> None:
+    write_json(path, record)
+
+
+def load_records(folder: str | Path) -> list[dict[str, Any]]:
+    """Every ``*.json`` below ``folder`` (records of nested run ids live in sub-folders)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [_read_json(p) for p in sorted(folder.rglob("*.json"))]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    from intentrec.errors import DataError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read JSON: {exc}", path=path) from None

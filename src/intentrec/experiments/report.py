@@ -1,0 +1,389 @@
+"""Results of an experiment from its run records: ``<name>.md``, ``<name>.csv`` and ``<name>.png``.
+
+One row per (dataset, backbone, method, variant); metrics are test metrics in percent, mean ± sample
+std over seeds. Rows selected on TEST (paper mode) are marked in the table and explained under it.
+An incomplete grid says so and lists the missing runs. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intentrec.evaluation.report import metric_columns
+from intentrec.experiments.plan import RunSpec
+from intentrec.experiments.spec import ExperimentSpec, normalize_settings
+from intentrec.io import atomic_open, atomic_path
+
+PAPER_MODE_LABEL = "PAPER MODE"
+NONE_LABEL = "—"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1); std is 0.0 for one value, NaN for none."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def pct_cell(values: Sequence[float]) -> str:
+    """Fractions → ``"15.10 ± 0.32"`` in percent; the ± part only with two or more values."""
+    mean, std = mean_std([100 * v for v in values])
+    return f"{mean:.2f} ± {std:.2f}" if len(values) >= 2 else f"{mean:.2f}"
+
+
+@dataclass
+class Row:
+    dataset: str
+    backbone: str
+    method: str | None
+    variant: str
+    order: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def paper_mode(self) -> bool:
+        return any(r.get("paper_mode") for r in self.records)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r["seed"] for r in self.records]
+
+    def values(self, metric: str) -> list[float]:
+        return [r["test"][metric] for r in self.records if metric in r["test"]]
+
+    def mean_pct(self, metric: str) -> float:
+        return 100 * mean_std(self.values(metric))[0]
+
+    def variant_label(self) -> str:
+        return f"{self.variant} — {PAPER_MODE_LABEL}" if self.paper_mode else self.variant
+
+
+@dataclass
+class Report:
+    spec: ExperimentSpec
+    spec_file: str
+    runs: list[RunSpec]
+    records: dict[str, dict[str, Any]]  # run id → record, done runs only
+    stale: dict[str, list[str]] = field(default_factory=dict)  # run id → settings differences
+    orphans: int = 0  # records in records_dir that belong to no run of the grid
+
+    @property
+    def missing(self) -> list[str]:
+        return [r.run_id for r in self.runs if r.run_id not in self.records]
+
+    def rows(self) -> list[Row]:
+        rows: dict[tuple, Row] = {}
+        for run in self.runs:
+            row = rows.setdefault(run.group, Row(*run.group, order=run.order))
+            if run.run_id in self.records:
+                row.records.append(self.records[run.run_id])
+        for row in rows.values():
+            row.records.sort(key=lambda r: r["seed"])
+        return [row for row in sorted(rows.values(), key=lambda r: r.order) if row.records]
+
+    def metrics(self) -> list[str]:
+        return metric_columns([{"test": r["test"]} for r in self.records.values()])
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def render_markdown(report: Report) -> str:
+    spec, rows, metrics = report.spec, report.rows(), report.metrics()
+    top = _top_metric_pair(metrics)
+    multi_dataset = len({r.dataset for r in rows}) > 1
+    done, total = len(report.records), len(report.runs)
+    lines = [f"# Experiment `{spec.name}`", ""]
+    if spec.description:
+        lines += [spec.description.strip(), ""]
+    lines += [
+        f"Produced by `intentrec experiment {report.spec_file}` from the run records in",
+        f"`{spec.records_dir}` (one JSON per finished run); every number below is read from them.",
+        f"Rebuild: `intentrec experiment {report.spec_file} --report-only`.",
+        "",
+    ]
+    if done == total:
+        lines += [f"**Complete**: all {total} runs of the grid have finished.", ""]
+    else:
+        lines += [
+            f"**Incomplete**: {done} of {total} runs have finished, {total - done} missing (listed at "
+            "the end); rows may have fewer seeds than planned (column `n`).",
+            "",
+        ]
+    if not rows:
+        lines += ["No run has finished yet.", ""]
+    else:
+        lines += _table(rows, metrics, top, multi_dataset)
+        lines += ["", *_table_notes(rows, top)]
+    if spec.anchors:
+        lines += ["", "## Published anchors (test-selected)", ""]
+        lines += [
+            "Numbers reported by the papers, which select on the TEST split (compare them with",
+            f"{PAPER_MODE_LABEL} rows, not with validation-selected ones).",
+            "",
+            "| model | HR@20 | MRR@20 | note |",
+            "|---|---|---|---|",
+        ]
+        for a in spec.anchors:
+            hr = f"{a.hr20:.2f}" if a.hr20 is not None else NONE_LABEL
+            mrr = f"{a.mrr20:.2f}" if a.mrr20 is not None else NONE_LABEL
+            lines.append(f"| {a.label} | {hr} | {mrr} | {a.note} |")
+    lines += ["", "## Datasets", ""]
+    for name, ds in _datasets(report).items():
+        lines.append(f"- `{name}`: {ds}")
+    lines += ["", "## Settings", "", *_settings_lines(spec)]
+    commands = sorted({r["command"] for r in report.records.values() if r.get("command")})
+    machines = sorted({r["machine"] for r in report.records.values() if r.get("machine")})
+    if commands:
+        lines += ["", "Runs recorded here were produced by:", ""]
+        lines += [f"- `{c}`" for c in commands]
+    if machines:
+        lines += ["", "Machine: " + "; ".join(machines) + "."]
+    if report.missing:
+        lines += ["", f"## Missing runs ({len(report.missing)} of {total})", ""]
+        for run_id in report.missing:
+            why = report.stale.get(run_id)
+            note = f" (its record has other settings: {'; '.join(why)})" if why else ""
+            lines.append(f"- `{run_id}`{note}")
+    if report.orphans:
+        lines += [
+            "",
+            f"{report.orphans} record(s) in `{spec.records_dir}` belong to no run of this grid and "
+            "are not shown.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _top_metric_pair(metrics: list[str]) -> tuple[str, str] | None:
+    ks = sorted({int(m.split("@")[1]) for m in metrics})
+    for k in reversed(ks):
+        if f"HR@{k}" in metrics and f"MRR@{k}" in metrics:
+            return f"HR@{k}", f"MRR@{k}"
+    return None
+
+
+def _table(rows: list[Row], metrics: list[str], top: tuple[str, str] | None, multi: bool) -> list[str]:
+    header = (["dataset"] if multi else []) + ["backbone", "method", "variant", "n", *metrics]
+    if top:
+        header.append(f"Δ {top[0]} / {top[1]}")
+    header += ["epochs (best)", "s/epoch", "peak RSS MB"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = ([row.dataset] if multi else []) + [
+            row.backbone,
+            row.method or NONE_LABEL,
+            row.variant_label(),
+            str(len(row.records)),
+            *[pct_cell(row.values(m)) if row.values(m) else NONE_LABEL for m in metrics],
+        ]
+        if top:
+            cells.append(_delta(row, rows, top))
+        cells.append(" ".join(f"{r['epochs_run']}({r['best_epoch']})" for r in row.records))
+        cells.append(_mean_cell([r.get("train_seconds_per_epoch") for r in row.records], "{:.1f}"))
+        rss = [r["peak_rss_mb"] for r in row.records if r.get("peak_rss_mb") is not None]
+        cells.append(f"{max(rss):.0f}" if rss else NONE_LABEL)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def baseline_of(row: Row, rows: list[Row]) -> Row | None:
+    """The backbone alone for a method row: same dataset, same variant, else the default variant
+    (only with the same selection mode)."""
+    if row.method is None:
+        return None
+    alone = [r for r in rows if r.method is None and (r.dataset, r.backbone) == (row.dataset, row.backbone)]
+    same = [r for r in alone if r.variant == row.variant]
+    for candidate in same + [r for r in alone if r.variant == "default"]:
+        if candidate.paper_mode == row.paper_mode:
+            return candidate
+    return None
+
+
+def _delta(row: Row, rows: list[Row], top: tuple[str, str]) -> str:
+    base = baseline_of(row, rows)
+    if base is None:
+        return NONE_LABEL
+    return " / ".join(f"{row.mean_pct(m) - base.mean_pct(m):+.2f}" for m in top)
+
+
+def _mean_cell(values: list[Any], fmt: str) -> str:
+    present = [v for v in values if v is not None]
+    return fmt.format(sum(present) / len(present)) if present else NONE_LABEL
+
+
+def _table_notes(rows: list[Row], top: tuple[str, str] | None) -> list[str]:
+    notes = [
+        "Test metrics in percent over all items (full ranking; ties count against the target): mean",
+        "± sample std over the `n` seeds (no ± with one seed). Unless marked "
+        f"{PAPER_MODE_LABEL}, the checkpoint is",
+        "selected on the **validation** split and evaluated once on test.",
+    ]
+    if top:
+        notes += [
+            f"`Δ {top[0]} / {top[1]}`: a method's mean minus its backbone alone (same dataset and",
+            "variant, else the default variant; same selection mode), in percentage points.",
+        ]
+    notes += [
+        "`epochs (best)`: epochs run (selected epoch) per seed; `s/epoch`: training time per epoch",
+        "(evaluation excluded), mean over seeds; `peak RSS MB`: maximum over seeds of the training",
+        "process's peak, which includes earlier runs made by the same process.",
+    ]
+    if any(r.paper_mode for r in rows):
+        notes += [
+            "",
+            f"**{PAPER_MODE_LABEL}** rows select on the TEST split, as the papers' code does: their test",
+            "numbers are the per-metric maximum over epochs and are optimistically biased. Compare them",
+            "only with each other and with the published anchors.",
+        ]
+    return notes
+
+
+def _datasets(report: Report) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, ds in report.spec.datasets.items():
+        recs = [r for r in report.records.values() if r["dataset"]["name"] == name]
+        path = recs[0]["dataset"]["path"] if recs else report.spec.dataset_dir(name).as_posix()
+        text = f"`{path}`"
+        if ds.prepare is not None:
+            text += f", prepared from `{ds.prepare.source}` `{ds.prepare.path}`"
+        protocols = sorted({str(r["dataset"].get("protocol")) for r in recs})
+        shas = sorted({r["dataset"]["manifest_sha256"][:12] for r in recs})
+        if protocols:
+            text += f", protocol `{', '.join(protocols)}`"
+        elif ds.prepare is not None and ds.prepare.protocol:
+            text += f", protocol `{ds.prepare.protocol}`"
+        if shas:
+            text += f", manifest sha256 {', '.join(shas)}…"
+            if len(shas) > 1:
+                text += " (**records disagree on the dataset**)"
+        out[name] = text
+    return out
+
+
+def _settings_lines(spec: ExperimentSpec) -> list[str]:
+    lines = [f"- every run: {_fmt_settings(spec.settings) or 'library defaults'}; seeds {spec.seeds}"]
+    for i, grid in enumerate(spec.grids):
+        methods = ", ".join(grid.methods)
+        text = f"- block {i + 1}: backbones {', '.join(grid.backbones)} × methods {methods}"
+        if grid.seeds:
+            text += f", seeds {grid.seeds}"
+        if grid.settings:
+            text += f"; {_fmt_settings(grid.settings)}"
+        lines.append(text)
+        for name, values in grid.variants.items():
+            lines.append(f"  - `{name}`: {_fmt_settings(values or {}) or 'no changes'}")
+    lines.append(
+        "- `method.*` settings apply to runs with a method only; each backbone starts from its "
+        "paper's trainer settings (`default_train`)."
+    )
+    return lines
+
+
+def _fmt_settings(values: dict[str, Any]) -> str:
+    flat = normalize_settings(values, "settings")
+    return ", ".join(
+        f"`{s}.{k}={json.dumps(v)}`" for s, fields in flat.items() for k, v in fields.items()
+    )
+
+
+# --------------------------------------------------------------------------- csv and png
+
+
+def render_csv(report: Report) -> str:
+    metrics = report.metrics()
+    header = ["dataset", "backbone", "method", "variant", "paper_mode", "n", "seeds"]
+    for m in metrics:
+        header += [f"{m}_mean_pct", f"{m}_std_pct"]
+    header += ["epochs_run_mean", "best_epoch_mean", "train_seconds_per_epoch_mean", "peak_rss_mb_max"]
+    header += ["num_parameters"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in report.rows():
+        out: list[Any] = [row.dataset, row.backbone, row.method or "", row.variant, row.paper_mode]
+        out += [len(row.records), " ".join(map(str, row.seeds))]
+        for m in metrics:
+            mean, std = mean_std([100 * v for v in row.values(m)])
+            out += [_num(mean), _num(std) if len(row.values(m)) >= 2 else ""]
+        recs = row.records
+        out.append(_num(mean_std([r["epochs_run"] for r in recs])[0]))
+        out.append(_num(mean_std([r["best_epoch"] for r in recs])[0]))
+        secs = [r["train_seconds_per_epoch"] for r in recs if r.get("train_seconds_per_epoch") is not None]
+        out.append(_num(mean_std(secs)[0]) if secs else "")
+        rss = [r["peak_rss_mb"] for r in recs if r.get("peak_rss_mb") is not None]
+        out.append(max(rss) if rss else "")
+        params = {r.get("num_parameters") for r in recs} - {None}
+        out.append(params.pop() if len(params) == 1 else "")
+        writer.writerow(out)
+    return buffer.getvalue()
+
+
+def _num(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.4f}"
+
+
+def write_png(report: Report, target: Path) -> bool:
+    """Grouped bars of the top HR/MRR pair (e.g. HR@20, MRR@20) with std error bars; False if empty."""
+    rows = report.rows()
+    top = _top_metric_pair(report.metrics())
+    if not rows or top is None:
+        return False
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    multi = len({r.dataset for r in rows}) > 1
+    labels = []
+    for row in rows:
+        label = row.backbone if row.method is None else f"{row.backbone}+{row.method}"
+        if row.variant != "default" or row.paper_mode:
+            label += f"\n{row.variant_label()}"
+        labels.append(f"{row.dataset}: {label}" if multi else label)
+    width = 0.38
+    fig = Figure(figsize=(max(6.0, 0.55 * len(rows) + 2), 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    for j, metric in enumerate(top):
+        stats = [mean_std([100 * v for v in row.values(metric)]) for row in rows]
+        xs = [i + (j - 0.5) * width for i in range(len(rows))]
+        errors = [s if len(row.values(metric)) >= 2 else math.nan for (_, s), row in zip(stats, rows)]
+        bars = ax.bar(xs, [m for m, _ in stats], width, yerr=errors, capsize=3, label=metric)
+        for bar, row in zip(bars, rows):
+            if row.paper_mode:
+                bar.set_hatch("//")
+    ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("test, % (mean ± std over seeds)")
+    title = f"{report.spec.name}: {top[0]} and {top[1]}"
+    if any(r.paper_mode for r in rows):
+        title += f" (hatched: {PAPER_MODE_LABEL}, test-selected)"
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return True
+
+
+def write_report(report: Report) -> list[Path]:
+    """Write ``<results_dir>/<name>.md``, ``.csv`` and ``.png`` (the latter only with results)."""
+    folder, name = Path(report.spec.results_dir), report.spec.name
+    written = []
+    for suffix, text in ((".md", render_markdown(report)), (".csv", render_csv(report))):
+        path = folder / f"{name}{suffix}"
+        with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        written.append(path)
+    png = folder / f"{name}.png"
+    if write_png(report, png):
+        written.append(png)
+    else:
+        png.unlink(missing_ok=True)
+    return written

@@ -1,0 +1,336 @@
+"""Running an experiment: train the runs that have no record yet, write records, rebuild the report.
+
+Resumable at two levels: a run with a record is skipped; a run without one calls ``train`` with
+``resume=True``, so an interrupted training continues from its last completed epoch. Runs execute
+seed by seed (every row gets its first seed before any row gets its second), so a grid stopped early
+— or chunked with ``max_runs`` — already has one seed of every row.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intentrec.errors import DataError, IntentrecError
+from intentrec.experiments.plan import (
+    RunSpec,
+    Status,
+    check_settings,
+    execution_order,
+    expand,
+    read_record,
+    run_status,
+    select,
+)
+from intentrec.experiments.records import build_record, save_record
+from intentrec.experiments.report import Report, write_report
+from intentrec.experiments.spec import ExperimentSpec, load_spec
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class RunOptions:
+    only: list[str] | None = None  # fnmatch globs on run ids
+    threads: int | None = None  # train.num_threads for every run (does not change results)
+    device: str | None = None  # train.device for every run
+    max_runs: int | None = None  # stop after this many newly trained runs
+    progress: bool | None = None  # per-batch progress bar; None: only on a terminal
+
+    def command(self, spec_file: str) -> str:
+        """The command line that reproduces this invocation (recorded in every record)."""
+        args = ["intentrec", "experiment", spec_file]
+        for pattern in self.only or []:
+            args += ["--only", pattern]
+        if self.threads is not None:
+            args += ["--threads", str(self.threads)]
+        if self.device is not None:
+            args += ["--device", self.device]
+        if self.max_runs is not None:
+            args += ["--max-runs", str(self.max_runs)]
+        return shlex.join(args)
+
+
+@dataclass
+class RunState:
+    run: RunSpec
+    status: Status
+    problems: list[str] = field(default_factory=list)  # why a record is stale
+    record: dict[str, Any] | None = None
+
+
+@dataclass
+class Experiment:
+    spec: ExperimentSpec
+    spec_file: str
+    runs: list[RunSpec]
+    _shas: dict[str, str | None] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Experiment:
+        spec = load_spec(path)
+        return cls(spec, Path(path).as_posix(), expand(spec))
+
+    def state(self, run: RunSpec) -> RunState:
+        record = read_record(run.record_path(self.spec.records_dir))
+        status, problems = run_status(run, record)
+        if status == "done" and record is not None:
+            current = self._manifest_sha(run.dataset)
+            recorded = (record.get("dataset") or {}).get("manifest_sha256")
+            if current is not None and recorded != current:
+                status = "stale"
+                problems = [f"dataset manifest sha256 {str(recorded)[:12]}… → {current[:12]}…"]
+        return RunState(run, status, problems, record)
+
+    def states(self, runs: list[RunSpec] | None = None) -> list[RunState]:
+        return [self.state(run) for run in (self.runs if runs is None else runs)]
+
+    def set_manifest_sha(self, dataset: str, sha: str) -> None:
+        self._shas[dataset] = sha
+
+    def _manifest_sha(self, dataset: str) -> str | None:
+        """The sha256 of the dataset's manifest if the folder is prepared already, else None."""
+        if dataset not in self._shas:
+            from intentrec.data import schema
+            from intentrec.io import sha256_file
+
+            manifest = self.spec.dataset_dir(dataset) / schema.MANIFEST
+            self._shas[dataset] = sha256_file(manifest) if manifest.is_file() else None
+        return self._shas[dataset]
+
+    def report(self) -> Report:
+        states = self.states()
+        records = {s.run.run_id: s.record for s in states if s.status == "done" and s.record}
+        stale = {s.run.run_id: s.problems for s in states if s.status == "stale"}
+        return Report(self.spec, self.spec_file, self.runs, records, stale, self._orphans())
+
+    def _orphans(self) -> int:
+        folder = Path(self.spec.records_dir)
+        if not folder.is_dir():
+            return 0
+        ids = {run.run_id for run in self.runs}
+        found = (p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.json"))
+        return sum(run_id not in ids for run_id in found)
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def describe(experiment: Experiment, options: RunOptions, echo: Echo = print) -> list[RunState]:
+    """Print every selected run with its status (done / todo / stale); train nothing."""
+    spec = experiment.spec
+    selected = select(experiment.runs, options.only)
+    states = experiment.states(selected)
+    counts = {k: sum(s.status == k for s in states) for k in ("done", "todo", "stale")}
+    echo(
+        f"experiment {spec.name}: {len(states)} runs"
+        + (f" selected of {len(experiment.runs)}" if options.only else "")
+        + f" — {counts['done']} done, {counts['todo']} to run, {counts['stale']} stale"
+    )
+    echo(
+        f"  run folders: {spec.runs_dir}   records: {spec.records_dir}   "
+        f"results: {spec.results_dir}/{spec.name}.md"
+    )
+    for state in states:
+        mark = {"done": "done ", "todo": "todo ", "stale": "STALE"}[state.status]
+        extra = f"  (record has other settings: {'; '.join(state.problems)})" if state.problems else ""
+        paper = "  [PAPER MODE]" if state.run.paper_mode else ""
+        echo(f"  {mark} {state.run.run_id}{paper}{extra}")
+    todo = [s.run for s in states if s.status == "todo"]
+    if options.max_runs is not None and todo:
+        now = min(options.max_runs, len(todo))
+        echo(f"--max-runs {options.max_runs}: would train {now} of {len(todo)} now")
+    for method, reason in check_settings(todo).items():
+        echo(f"warning: method '{method}' is not available here ({reason}); its settings are unchecked")
+    return states
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Outcome:
+    trained: list[str]
+    remaining: int  # selected runs still without a record
+    written: list[Path]
+
+
+def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = print) -> Outcome:
+    spec = experiment.spec
+    selected = select(experiment.runs, options.only)
+    if options.only and not selected:
+        raise IntentrecError(
+            f"--only {' '.join(options.only)} matches none of the {len(experiment.runs)} run ids"
+        )
+    states = experiment.states(selected)
+    stale = [s for s in states if s.status == "stale"]
+    if stale:
+        listed = "\n  ".join(f"{s.run.run_id}: {'; '.join(s.problems)}" for s in stale)
+        raise IntentrecError(
+            f"{len(stale)} run(s) have records made with other settings than {experiment.spec_file} "
+            f"now asks for:\n  {listed}\nDelete those records (in {spec.records_dir}) and run folders "
+            f"(in {spec.runs_dir}) to rerun them, or give the changed variant a new name."
+        )
+    todo = execution_order([s.run for s in states if s.status == "todo"])
+    unavailable = check_settings(todo)
+    blocked = sorted({r.method for r in todo if r.method in unavailable})
+    if blocked:
+        reasons = "; ".join(f"{m}: {unavailable[m]}" for m in blocked)
+        raise IntentrecError(
+            f"method(s) {', '.join(blocked)} not available ({reasons}); run the other runs with --only"
+        )
+    if options.max_runs is not None:
+        todo = todo[: options.max_runs]
+    done_before = [s.record for s in states if s.status == "done" and s.record]
+    echo(
+        f"experiment {spec.name}: {len(selected)} runs selected, {len(done_before)} done, "
+        f"{len(todo)} to train now"
+    )
+
+    command = options.command(experiment.spec_file)
+    datasets = _Datasets(spec, echo)
+    durations = [r["seconds_total"] for r in done_before if r.get("seconds_total")]
+    trained: list[str] = []
+    written: list[Path] = []
+    for i, run in enumerate(todo, start=1):
+        eta = _eta(durations, len(todo) - i + 1, fresh=bool(trained))
+        paper = " [PAPER MODE]" if run.paper_mode else ""
+        echo(f"[{i}/{len(todo)}] {run.run_id}{paper}: training{eta}")
+        dataset_dir, manifest, sha = datasets.get(run.dataset)
+        experiment.set_manifest_sha(run.dataset, sha)
+        started = time.perf_counter()
+        result = _train(run, spec, dataset_dir, options, command, echo)
+        wall = time.perf_counter() - started
+        record = build_record(
+            run,
+            result,
+            experiment=spec.name,
+            dataset_dir=dataset_dir,
+            manifest=manifest,
+            manifest_sha256=sha,
+            command=command,
+            wall_seconds=wall,
+        )
+        save_record(run.record_path(spec.records_dir), record)
+        if not trained:
+            durations = []  # from now on, estimate from this session's runs only
+        trained.append(run.run_id)
+        durations.append(record.get("seconds_total") or wall)
+        echo(f"[{i}/{len(todo)}] {run.run_id}: {_summary(record)}")
+        written = write_report(experiment.report())
+    if not trained:
+        written = write_report(experiment.report())
+    remaining = sum(s.status != "done" for s in experiment.states(selected))
+    return Outcome(trained, remaining, written)
+
+
+def report_only(experiment: Experiment) -> tuple[Report, list[Path]]:
+    report = experiment.report()
+    return report, write_report(report)
+
+
+def _train(
+    run: RunSpec, spec: ExperimentSpec, dataset_dir: Path, options: RunOptions, command: str, echo: Echo
+) -> Any:
+    from intentrec import training
+
+    train_values = dict(run.settings["train"])
+    if options.threads is not None:
+        train_values["num_threads"] = options.threads
+    if options.device is not None:
+        train_values["device"] = options.device
+    extra: dict[str, Any] = {}
+    if run.method is not None:
+        if "method" not in inspect.signature(training.train).parameters:
+            raise IntentrecError(f"run {run.run_id}: this intentrec's train() does not take a method yet")
+        extra.update(method=run.method, method_config=run.settings.get("method", {}))
+    return training.train(
+        dataset_dir,
+        run.backbone,
+        run.settings["model"],
+        train_values,
+        out=run.run_dir(spec.runs_dir),
+        resume=True,
+        progress=options.progress,
+        on_epoch=_epoch_line(echo, run.paper_mode),
+        command=command,
+        **extra,
+    )
+
+
+def _epoch_line(echo: Echo, paper_mode: bool) -> Callable[[dict[str, Any]], None]:
+    def show(record: dict[str, Any]) -> None:
+        split = "test" if paper_mode or "valid" not in record else "valid"
+        values = record.get(split, {})
+        shown = "  ".join(f"{k} {100 * values[k]:.2f}" for k in ("HR@20", "MRR@20") if k in values)
+        mark = " *" if record.get("improved") else ""
+        echo(
+            f"    epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {split} {shown}  "
+            f"{record['seconds']:.1f}s{mark}"
+        )
+
+    return show
+
+
+def _summary(record: dict[str, Any]) -> str:
+    test = record["test"]
+    shown = "  ".join(f"{k} {100 * test[k]:.2f}" for k in ("HR@20", "MRR@20") if k in test)
+    paper = " (PAPER MODE: test max over epochs)" if record.get("paper_mode") else ""
+    spe = record.get("train_seconds_per_epoch")
+    speed = f", {spe:.1f} s/epoch" if spe is not None else ""
+    return (
+        f"test {shown}{paper} — {record['epochs_run']} epochs, best {record['best_epoch']}{speed}, "
+        f"{record['wall_seconds']:.0f}s"
+    )
+
+
+def _eta(durations: list[float], left: int, *, fresh: bool) -> str:
+    if not durations:
+        return ""
+    seconds = sum(durations) / len(durations) * left
+    basis = "this session's runs" if fresh else "earlier runs"
+    return f" (ETA {format_duration(seconds)} for {left} run(s), from the mean of {basis})"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+class _Datasets:
+    """Prepares (or reuses) each dataset once, on first use."""
+
+    def __init__(self, spec: ExperimentSpec, echo: Echo):
+        self.spec, self.echo = spec, echo
+        self._ready: dict[str, tuple[Path, dict[str, Any], str]] = {}
+
+    def get(self, name: str) -> tuple[Path, dict[str, Any], str]:
+        if name not in self._ready:
+            self._ready[name] = self._open(name)
+        return self._ready[name]
+
+    def _open(self, name: str) -> tuple[Path, dict[str, Any], str]:
+        from intentrec.data.dataset import PreparedDataset
+        from intentrec.training.run import manifest_sha
+
+        ds, folder = self.spec.datasets[name], self.spec.dataset_dir(name)
+        if ds.prepare is not None:
+            from intentrec.data.prepare import prepare_dataset
+
+            p = ds.prepare
+            self.echo(f"dataset {name}: preparing {p.source} {p.path} → {folder} (reused if up to date)")
+            dataset = prepare_dataset(p.source, p.path, folder, protocol=p.protocol, **p.options)
+        else:
+            if not folder.is_dir():
+                raise DataError(f"dataset '{name}': no such prepared folder (or add 'prepare:')", path=folder)
+            dataset = PreparedDataset(folder)
+        return folder, dict(dataset.manifest), manifest_sha(folder)

@@ -1,0 +1,249 @@
+"""The experiment file: a typed YAML description of a grid of training runs.
+
+::
+
+    name: llm4sbr-beauty
+    runs_dir: runs/experiments/llm4sbr-beauty       # run folders with checkpoints (never committed)
+    records_dir: benchmarks/records/llm4sbr-beauty  # one small JSON per finished run (committed)
+    results_dir: docs/results                       # <name>.md, <name>.csv, <name>.png
+    datasets:
+      beauty:
+        path: runs/data/beauty                      # the prepared folder
+        prepare: {source: generic, path: amazon/beauty-2014-5core, protocol: llm4sbr-beauty}
+    seeds: [0, 1, 2]
+    settings: {train.epochs: 12, method.source: titles}
+    grids:
+      - {backbones: [srgnn, gru4rec], methods: [none, llm4sbr]}
+      - {backbones: [srgnn], methods: [llm4sbr], variants: {wo-au: {method.lambda_au: 0}}}
+
+Paths (``runs_dir``, ``records_dir``, ``results_dir``, a dataset's ``path``) are relative to the
+current directory, as with every other intentrec command: run experiments from the repository root.
+A ``prepare.path`` is passed to :func:`intentrec.data.prepare.prepare_dataset` as written, so, as with
+``intentrec prepare``, it may also be relative to the data root (``$INTENTREC_DATA`` or
+``../shared/data``), e.g. ``amazon/beauty-2014-5core``.
+
+Settings are ``section.field: value`` with section ``train`` (TrainerConfig), ``model`` (the
+backbone's config) or ``method`` (the method's config; ignored by backbone-alone runs), or nested
+``{train: {epochs: 12}}``. Later levels win: top-level ``settings`` → a grid block's ``settings`` →
+the variant's settings. Seeds come from ``seeds`` (a block may override them), never from
+``train.seed``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from intentrec.config import Config, load_config_file
+from intentrec.errors import ConfigError
+
+#: Sections a setting may belong to.
+SECTIONS = ("model", "train", "method")
+#: ``methods: [none]`` — the backbone alone.
+NO_METHOD = "none"
+DEFAULT_VARIANT = "default"
+#: Names that become parts of run ids and folder names.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+Settings = dict[str, dict[str, Any]]
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r} must start with a letter or digit and use only letters, digits, "
+            "'_', '.', '-' (it becomes part of run ids and folder names)"
+        )
+    return value
+
+
+def normalize_settings(values: dict[str, Any] | None, where: str) -> Settings:
+    """``{"train.epochs": 3, "model": {"dropout": 0.1}}`` → ``{"train": {"epochs": 3}, "model": {...}}``.
+
+    Every key needs a section prefix; errors name the key and ``where`` it was found.
+    """
+    out: Settings = {}
+    for key, value in (values or {}).items():
+        key = str(key)
+        section, dot, field = key.partition(".")
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{where}: setting '{key}' needs a section prefix: "
+                + ", ".join(f"'{s}.{key}'" for s in SECTIONS)
+            )
+        if dot:
+            if not field:
+                raise ConfigError(f"{where}: setting '{key}' has no field name after '{section}.'")
+            out.setdefault(section, {})[field] = value
+        elif isinstance(value, dict):
+            out.setdefault(section, {}).update({str(k): v for k, v in value.items()})
+        else:
+            raise ConfigError(
+                f"{where}: '{key}' must be a section of field: value pairs, got {value!r}"
+            )
+    return out
+
+
+def merge_settings(*levels: Settings) -> Settings:
+    """Later levels win, field by field."""
+    out: Settings = {}
+    for level in levels:
+        for section, fields in level.items():
+            out.setdefault(section, {}).update(fields)
+    return out
+
+
+class PrepareSpec(Config):
+    """How to prepare a dataset: the arguments of ``intentrec prepare SOURCE PATH``."""
+
+    source: str = Field(description="generic, movielens, amazon, diginetica or yoochoose")
+    path: str = Field(description="upstream files; may be relative to the data root")
+    protocol: str | None = Field(None, description="a preset, e.g. llm4sbr-beauty")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="further prepare parameters, e.g. {max_sessions: 500}"
+    )
+
+
+class DatasetSpec(Config):
+    """A prepared dataset folder, optionally prepared (or reused if up to date) before training."""
+
+    path: str | None = Field(
+        None, description="the prepared folder; default with 'prepare': <runs_dir>/data/<name>"
+    )
+    prepare: PrepareSpec | None = None
+
+    @model_validator(mode="after")
+    def _path_or_prepare(self) -> DatasetSpec:
+        if self.path is None and self.prepare is None:
+            raise ValueError("a dataset needs 'path' (a prepared folder) and/or 'prepare'")
+        return self
+
+
+class GridSpec(Config):
+    """One block of the grid: the product datasets × backbones × methods × variants × seeds."""
+
+    backbones: list[str] = Field(min_length=1)
+    methods: list[str] = Field(default_factory=lambda: [NO_METHOD], min_length=1)
+    variants: dict[str, dict[str, Any] | None] = Field(
+        default_factory=lambda: {DEFAULT_VARIANT: {}}, min_length=1
+    )
+    datasets: list[str] | None = Field(None, description="default: every dataset")
+    seeds: list[int] | None = Field(None, description="default: the top-level seeds")
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("backbones", "methods")
+    @classmethod
+    def _names(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _check_name(value, "name")
+        return values
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, values: dict[str, Any]) -> dict[str, Any]:
+        for value in values:
+            _check_name(value, "variant")
+        return values
+
+
+class AnchorSpec(Config):
+    """A published number to print next to ours (test-selected, as the papers report)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    label: str
+    hr20: float | None = Field(None, alias="HR@20", description="percent")
+    mrr20: float | None = Field(None, alias="MRR@20", description="percent")
+    note: str = ""
+
+
+class ExperimentSpec(Config):
+    name: str
+    description: str = ""
+    runs_dir: str
+    records_dir: str
+    results_dir: str = "docs/results"
+    datasets: dict[str, DatasetSpec] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    grids: list[GridSpec] = Field(min_length=1)
+    anchors: list[AnchorSpec] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value, "name")
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, values: dict[str, DatasetSpec]) -> dict[str, DatasetSpec]:
+        for value in values:
+            _check_name(value, "dataset")
+        return values
+
+    @model_validator(mode="after")
+    def _known_datasets(self) -> ExperimentSpec:
+        for i, grid in enumerate(self.grids):
+            for name in grid.datasets or []:
+                if name not in self.datasets:
+                    raise ValueError(
+                        f"grids[{i}].datasets names '{name}', which is not under 'datasets' "
+                        f"(known: {', '.join(self.datasets)})"
+                    )
+        return self
+
+    def dataset_dir(self, name: str) -> Path:
+        spec = self.datasets[name]
+        return Path(spec.path) if spec.path is not None else Path(self.runs_dir) / "data" / name
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate an experiment file; errors name the file and the offending key."""
+    return build_spec(load_config_file(path), where=f"experiment file {path}")
+
+
+def build_spec(values: dict[str, Any], where: str = "experiment") -> ExperimentSpec:
+    try:
+        return ExperimentSpec.model_validate(values)
+    except ValidationError as exc:
+        lines = [f"invalid {where}:"]
+        for err in exc.errors():
+            loc = err["loc"]
+            field = ".".join(str(p) for p in loc) or "<root>"
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(_known_keys(_model_at(ExperimentSpec, loc[:-1])))
+                lines.append(f"  unknown key '{field}' (known keys here: {known})")
+            else:
+                message = err["msg"].removeprefix("Value error, ")
+                got = repr(err.get("input"))
+                got = got if len(got) <= 80 else got[:77] + "..."
+                lines.append(f"  {field}: {message}" + ("" if field == "<root>" else f" (got {got})"))
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The config class that validates the value at ``loc`` (list indices and dict keys skipped)."""
+    current: Any = cls
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            current = current.model_fields[part].annotation
+        current = _inner_model(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else cls
+
+
+def _inner_model(annotation: Any) -> Any:
+    """``list[X]``, ``dict[str, X]``, ``X | None`` → ``X`` when X is a config class."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        inner = _inner_model(arg)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner
+    return annotation
+
+
+def _known_keys(cls: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in cls.model_fields.items()]
