@@ -186,3 +186,18 @@ def test_unknown_method_is_one_clear_error(tiny, tmp_path):
         from intentrec.training import train
 
         train(tiny.path, "srgnn", {}, {"epochs": 1}, out=tmp_path / "x", method="nope")
+
+
+def test_shuffled_text_control_permutes_within_each_split(tiny):
+    from intentrec.models.methods.llm4sbr import shuffle_within_splits
+
+    ids = np.concatenate([tiny.examples(s).example_ids for s in ("train", "valid", "test")])
+    vectors = np.arange(len(ids), dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)
+    table = FeatureTable(ids, vectors, np.ones(len(ids), bool))
+    shuffled = shuffle_within_splits(table, tiny)
+    assert shuffled.example_ids.tolist() == ids.tolist()
+    moved = shuffled.vectors[:, 0] != vectors[:, 0]
+    assert moved.mean() > 0.5  # most examples got another example's vector
+    for split in ("train", "valid", "test"):
+        rows = table.positions(tiny.examples(split).example_ids)
+        assert sorted(shuffled.vectors[rows, 0].tolist()) == sorted(vectors[rows, 0].tolist())

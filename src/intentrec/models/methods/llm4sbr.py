@@ -13,6 +13,11 @@ long / w/o short: the missing view's text term is zero and it has no AU term); `
 view without a long/short qualifier, used in both places, one AU term against ``global``);
 ``infer_only=true`` (LLM-Infer: no training; items are ranked by the cosine between the mean of the
 example's view vectors and the catalogue's title vectors). "w/o LLM" is the backbone alone.
+
+A control the paper does not have: ``shuffle_texts=true`` gives every example the view vectors of
+another example of the same split (a fixed permutation). The fusion still gates ``local``/``global``
+with per-example text-dependent weights, but the text says nothing about this session; what remains of
+the gain over the backbone is due to the architecture, not to language.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class LLM4SBRConfig(MethodConfig):
     restrict_to_covered: bool = Field(False, description="source=llm: use only examples with answers")
     short_window: int = Field(3, ge=1, description="source=titles: clicks in the short view")
     infer_only: bool = Field(False, description="LLM-Infer: rank by the text vectors alone, no training")
+    shuffle_texts: bool = Field(
+        False, description="control: give each example the view vectors of another example of its split"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LLM4SBRConfig:
@@ -62,6 +70,19 @@ class LLM4SBRConfig(MethodConfig):
 
     def view_names(self) -> tuple[str, ...]:
         return ("normal",) if self.normal else tuple(dict.fromkeys(self.views))
+
+
+def shuffle_within_splits(table: FeatureTable, dataset: PreparedDataset, seed: int = 0) -> FeatureTable:
+    """The same table with vectors permuted among the examples of each split (seeded)."""
+    rng = np.random.default_rng(seed)
+    order = np.arange(len(table.example_ids))
+    for split in ("train", "valid", "test"):
+        rows = table.positions(dataset.examples(split).example_ids)
+        rows = rows[rows >= 0]
+        order[rows] = rows[rng.permutation(len(rows))]
+    counts = None if table.counts is None else table.counts[order]
+    info = {**table.info, "shuffled_within_splits": True}
+    return FeatureTable(table.example_ids, table.vectors[order], table.present[order], info=info, counts=counts)
 
 
 @register_method("llm4sbr")
@@ -104,6 +125,8 @@ class LLM4SBR(Method):
                             k=cfg.k, store_path=cfg.store, name=v)
                 for v in names
             }
+        if cfg.shuffle_texts:
+            out = {name: shuffle_within_splits(table, dataset) for name, table in out.items()}
         if cfg.infer_only:
             from intentrec.semantic.intents import embed_catalogue
 
@@ -123,7 +146,10 @@ class LLM4SBR(Method):
 
     def semantic_info(self) -> dict[str, Any]:
         cfg: LLM4SBRConfig = self.config
-        return {**super().semantic_info(), "source": cfg.source, "views": list(cfg.view_names()), "k": cfg.k}
+        info = {**super().semantic_info(), "source": cfg.source, "views": list(cfg.view_names()), "k": cfg.k}
+        if cfg.shuffle_texts:
+            info["control"] = "shuffled: each example got the view vectors of another example of its split"
+        return info
 
     # ------------------------------------------------------------------ model
     def _texts(self, batch: SessionBatch) -> dict[str, torch.Tensor]:
