@@ -71,6 +71,8 @@ def build_record(
         "settings": run.settings,
         "config": {k: run_config[k] for k in _CONFIG_KEYS if k in run_config},
         "command": command,
+        # the command that actually trained the run folder (differs when an earlier run was reused)
+        "trained_by": run_config.get("command"),
         "selection": result.selection,
         "paper_mode": bool(result.paper_mode),
     }

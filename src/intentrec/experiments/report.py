@@ -148,6 +148,13 @@ def render_markdown(report: Report) -> str:
     if commands:
         lines += ["", "Runs recorded here were produced by:", ""]
         lines += [f"- `{c}`" for c in commands]
+    reused = sorted(
+        {r["trained_by"] for r in report.records.values() if r.get("trained_by") and r["trained_by"] != r.get("command")}
+    )
+    if reused:
+        lines += ["", "Some run folders were trained earlier by another command with the same settings and "
+                  "picked up (not retrained) by the runner:", ""]
+        lines += [f"- `{c}`" for c in reused]
     if machines:
         lines += ["", "Machine: " + "; ".join(machines) + "."]
     if report.missing:
