@@ -22,7 +22,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-_COMMAND_MODULES = ("prepare", "train", "report", "semantic", "infer")
+_COMMAND_MODULES = ("prepare", "train", "report", "semantic", "infer", "experiment", "candidates")
 
 
 def _version(value: bool) -> None:
