@@ -94,6 +94,10 @@ def test_split_matches_clicked_titles_after_normalisation():
     assert split_intents(["Shampoo_x"], ["Shampoo"], ["x"])[0] == ["Shampoo_x"]
     assert split_intents(["Shampoo_x"], ["Shampoo"])[1] == ["Shampoo_x"]
     assert normalise_title("Red Lipstick [ID: B00X]") == "red lipstick"
+    # an id cut off by the token limit, and a bracket that is not an id
+    assert normalise_title("Red Lipstick [ID: B0") == "red lipstick"
+    assert normalise_title("Red Lipstick [") == "red lipstick"
+    assert normalise_title("Red Lipstick [Pack of 2]") == "red lipstick [pack of 2]"
 
 
 def test_split_matches_the_truncated_titles_the_prompt_shows():

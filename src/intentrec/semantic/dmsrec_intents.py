@@ -47,6 +47,8 @@ GROUPS = ("explicit", "latent")
 TEMPLATE = "dmsrec"
 
 _BRACKET_ID = re.compile(r"\s*[\(\[\{]\s*(?:item\s*)?id\s*[:#=]?\s*[^\)\]\}]{0,40}[\)\]\}]", re.I)
+# an id cut off by the token limit: "[ID: B0" or a lone "[" at the very end
+_UNCLOSED_ID = re.compile(r"\s*[\(\[\{]\s*(?:(?:item\s*)?id\b\s*[:#=]?\s*[^\)\]\}]{0,40})?$", re.I)
 # "_<id>" at the end: a code with at least one digit (ASIN-like) or a plain number.
 _SUFFIX_ID = re.compile(r"_(?:(?=[A-Za-z]*\d)[A-Za-z0-9]{6,20}|\d{1,12})$")
 _ELLIPSIS = re.compile(r"(?:…|\.{3})$")
@@ -63,6 +65,7 @@ def normalise_title(text: str | None, item_ids: Iterable[str] = ()) -> str:
     text = " ".join(text.split())
     for _ in range(2):  # an id and an ellipsis can come in either order
         text = _BRACKET_ID.sub("", text).strip(_EDGE + "…")
+        text = _UNCLOSED_ID.sub("", text).strip(_EDGE + "…")
         for item_id in item_ids:
             if item_id and text.lower().endswith("_" + str(item_id).lower()):
                 text = text[: -len(str(item_id)) - 1]
