@@ -48,3 +48,12 @@ def fixture_data() -> Path:
         stem, _, ext = path.name.removesuffix(".fixture").rpartition("_")
         path.rename(path.with_name(f"{stem}.{ext}"))
     return target
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of tiny-tensor tests: extra threads only add contention."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from intentrec.errors import ConfigError
@@ -40,3 +41,17 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def import_modules(package: str, names: Iterable[str]) -> None:
+    """Import ``package.<name>`` for each name (modules that register components on import).
+
+    A module that is absent is skipped (an optional part not installed); an import error *inside*
+    a module is raised, so a broken component never silently disappears from its registry.
+    """
+    for name in names:
+        try:
+            importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{package}.{name}":
+                raise

@@ -226,7 +226,7 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
     assert set(_records(tmp_path / "out/records")) == {ids[0], ids[2], ids[4]}
     md = (tmp_path / "out/results/tiny.md").read_text()
     assert "**Incomplete**: 3 of 5 runs have finished, 2 missing" in md
-    assert f"## Missing runs (2 of 5)" in md and f"- `{ids[1]}`" in md and f"- `{ids[3]}`" in md
+    assert "## Missing runs (2 of 5)" in md and f"- `{ids[1]}`" in md and f"- `{ids[3]}`" in md
 
     # the rest; then everything is complete
     out = _invoke("experiment", "tiny.yaml", "--threads", "1", "--no-progress").output

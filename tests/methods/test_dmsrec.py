@@ -62,12 +62,7 @@ def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("INTENTREC_HOME", str(tmp_path / "home"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +124,7 @@ def test_group_means_match_a_plain_loop():
 
 def test_titles_source_rule_matches_a_plain_loop():
     rng = np.random.default_rng(1)
-    num_items, k, latent_top = 12, 6, 2
+    num_items, latent_top = 12, 2
     catalogue = rng.normal(size=(num_items, 4)).astype(np.float32)
     prefixes = [[1, 2, 2], [7], [3, 4, 5, 6, 8, 9], [10, 11]]
     candidates = np.array([

@@ -28,12 +28,7 @@ TARGETS = [4, 3, 11, 1, 14, 15]
 EXAMPLE_IDS = [0, 7, 3, 42, 5, 11]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

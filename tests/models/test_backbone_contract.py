@@ -40,13 +40,7 @@ SESSIONS = [
 TARGETS = [4, 8, 3, 11, 1, 14, 15, 26, 6, 30, 19, 24]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # The tensors here are tiny: extra threads only add contention on a busy machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

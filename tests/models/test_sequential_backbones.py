@@ -19,12 +19,7 @@ from intentrec.models.layers import (
 from intentrec.models.registry import build_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---- layers -------------------------------------------------------------------------------------

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from intentrec.models.base import Backbone
-from intentrec.registry import Registry
+from intentrec.registry import Registry, import_modules
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
 register_backbone = BACKBONES.register
@@ -26,12 +25,7 @@ _BACKBONE_MODULES = (
 
 
 def load_all() -> None:
-    for name in _BACKBONE_MODULES:
-        try:
-            importlib.import_module(f"intentrec.models.backbones.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"intentrec.models.backbones.{name}":
-                raise
+    import_modules("intentrec.models.backbones", _BACKBONE_MODULES)
 
 
 def backbone_class(name: str) -> type[Backbone]:

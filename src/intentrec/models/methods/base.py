@@ -26,7 +26,7 @@ from torch import nn
 
 from intentrec.config import Config
 from intentrec.data.batch import SessionBatch
-from intentrec.errors import DataError
+from intentrec.errors import ConfigError, DataError
 from intentrec.models.base import Backbone, BackboneOutput
 from intentrec.models.methods.features import FeatureTable
 
@@ -97,6 +97,21 @@ class Method(nn.Module):
             if table.counts is not None:
                 counts = torch.from_numpy(table.counts.astype(np.int64))
                 self.register_buffer(f"_counts_{name}", counts.to(device), persistent=False)
+
+    def ensure_text_projection(self, tables: dict[str, FeatureTable], anchor: nn.Module) -> None:
+        """Create ``self.text_proj`` (text width → d) once the width is known; check one width.
+
+        Created here rather than in ``__init__`` because the width depends on the encoder that made
+        the features. ``prepare`` runs before the optimizer is built and before weights are loaded,
+        so the layer is trained and restored like any other.
+        """
+        dims = {t.dim for t in tables.values()}
+        if len(dims) != 1:
+            raise ConfigError(f"{self.registry_name}: the text features have different widths {sorted(dims)}")
+        width = dims.pop()
+        current = getattr(self, "text_proj", None)
+        if current is None or current.in_features != width:
+            self.text_proj = nn.Linear(width, self.backbone.dim).to(anchor.weight.device)
 
     def _rows(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
         """Row of each example in the feature buffer, −1 where it has none."""

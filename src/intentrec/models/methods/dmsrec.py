@@ -45,7 +45,6 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from intentrec.data.batch import SessionBatch
-from intentrec.errors import ConfigError
 from intentrec.models.base import Backbone, BackboneOutput
 from intentrec.models.methods.base import Method, MethodConfig
 from intentrec.models.methods.features import FeatureTable
@@ -186,12 +185,7 @@ class DMsRec(Method):
         return {g: tables[g] for g in cfg.groups()}
 
     def attach(self, tables: dict[str, FeatureTable]) -> None:
-        dims = {t.dim for t in tables.values()}
-        if len(dims) != 1:
-            raise ConfigError(f"dmsrec: the intent groups have different text widths {sorted(dims)}")
-        width = dims.pop()
-        if self.text_proj is None or self.text_proj.in_features != width:
-            self.text_proj = nn.Linear(width, self.backbone.dim).to(self.fusion.weight.device)
+        self.ensure_text_projection(tables, anchor=self.fusion)
         super().attach(tables)
 
     def semantic_info(self) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from intentrec.data.batch import SessionBatch
-from intentrec.errors import ConfigError
 from intentrec.models.base import Backbone, BackboneOutput
 from intentrec.models.methods.base import Method, MethodConfig
 from intentrec.models.methods.features import FeatureTable
@@ -135,13 +134,7 @@ class LLM4SBR(Method):
         return out
 
     def attach(self, tables: dict[str, FeatureTable]) -> None:
-        dims = {t.dim for t in tables.values()}
-        if len(dims) != 1:
-            raise ConfigError(f"llm4sbr: the views have different text widths {sorted(dims)}")
-        width = dims.pop()
-        if self.text_proj is None or self.text_proj.in_features != width:
-            device = self.combine.weight.device
-            self.text_proj = nn.Linear(width, self.backbone.dim).to(device)
+        self.ensure_text_projection(tables, anchor=self.combine)
         super().attach(tables)
 
     def semantic_info(self) -> dict[str, Any]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from intentrec.models.base import Backbone
 from intentrec.models.methods.base import Method, MethodConfig
-from intentrec.registry import Registry
+from intentrec.registry import Registry, import_modules
 
 METHODS: Registry[Method] = Registry("method")
 register_method = METHODS.register
@@ -16,12 +15,7 @@ _METHOD_MODULES = ("llm4sbr", "dmsrec")
 
 
 def load_all() -> None:
-    for name in _METHOD_MODULES:
-        try:
-            importlib.import_module(f"intentrec.models.methods.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"intentrec.models.methods.{name}":
-                raise
+    import_modules("intentrec.models.methods", _METHOD_MODULES)
 
 
 def method_class(name: str) -> type[Method]:
