@@ -78,4 +78,4 @@ class NISER(SRGNN):
     def score(self, output: BackboneOutput) -> torch.Tensor:
         # Normalise again so that a session vector replaced by a method is scored the same way.
         session = F.normalize(output.session, dim=1)
-        return self.config.scale * (session @ self.item_embeddings().t())
+        return self.config.scale * F.linear(session, self.item_embeddings())

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -91,4 +92,4 @@ class TAGNN(SRGNN):
         return torch.cat(parts, dim=1)
 
     def score(self, output: BackboneOutput) -> torch.Tensor:
-        return output.session @ self.item_embeddings().t() + self.target_scores(output)
+        return F.linear(output.session, self.item_embeddings()) + self.target_scores(output)
