@@ -87,10 +87,17 @@ def main() -> None:
             r.update(covered_now=r["covered"], examples_now=r["examples"])
     else:
         reports = run_llm_stage(dataset, args.llm, args.threads, args.n_parallel)
-    experiment = Experiment.load(EXPERIMENT)
+    import os
+
+    os.chdir(REPO)  # the grid's paths (and the commands it records) are relative to the repository
+    experiment = Experiment.load(EXPERIMENT.relative_to(REPO))
     if not args.report_only:
         run_experiment(experiment, RunOptions(threads=args.threads))
     report, _ = report_only(experiment)
+    from intentrec.data.dataset import PreparedDataset
+
+    prepared = PreparedDataset(dataset)
+    n_test, n_train, n_items = len(prepared.examples("test")), len(prepared.examples("train")), prepared.num_items
     runs_md = render_markdown(report).split("\n", 1)[1]  # drop its title
     runs_md = "\n".join(("#" + line) if line.startswith("## ") else line for line in runs_md.splitlines())
     text = "\n".join([
@@ -107,12 +114,18 @@ def main() -> None:
         "",
         *llm_table(reports),
         "",
-        "The seconds are those of the call that generated the answers (answers already in the store are "
-        "reused, not regenerated); the two test and valid calls were made with `intentrec infer` "
-        "(runs/mini/infer.sh: `--llm qwen0.5b --llm-set n_threads=1 --llm-set n_parallel=8`) while "
-        "another training job shared the 2 cores.",
+        "Seconds are those of the call that generated the answers, as recorded in "
+        "`benchmarks/records/llm-intents-mini/infer/` with its command (answers already in the store are "
+        "reused, not regenerated, and keep their first record). In this run all six calls were made by "
+        "`intentrec infer ... --llm qwen0.5b --llm-set n_threads=1 --llm-set n_parallel=8` while a training "
+        "job shared the 2 cores.",
         "",
         "## Metrics",
+        "",
+        f"Read with care: the test split has {n_test} examples, so one hit moves HR@k by "
+        f"{100 / max(n_test, 1):.2f} points, and ID-only SR-GNN has only {n_train} training examples over "
+        f"{n_items} items. `*-infer` rows rank by text similarity alone (no training, so no seed variance); "
+        "`*-shuffled` rows give every example another example's view vectors.",
         "",
         runs_md,
     ])
