@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from intentrec.paths import data_root
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# tests outside tests/models (methods, candidates) build the same tiny prepared dataset
+sys.path.insert(0, str(Path(__file__).parent / "models"))
 
 
 def require_data(relative: str) -> Path:

@@ -131,9 +131,24 @@ def test_titles_source_end_to_end_with_the_real_encoder(tiny, tmp_path):
     # a changed method setting refuses to resume into the same folder
     changed = runner.invoke(app, [*args[:-1], "--set", "method.lambda_au=0", "--no-progress"])
     assert isinstance(changed.exception, IntentrecError) and "method.lambda_au: 0.1 → 0.0" in str(changed.exception)
-    # methods cannot serve new sessions yet, and say so
-    rec = runner.invoke(app, ["recommend", str(tmp_path / "run"), "--items", "item1,item2"])
-    assert isinstance(rec.exception, IntentrecError) and "method 'llm4sbr'" in str(rec.exception)
+    # the titles source serves new sessions: their views are computed by the stored rule, so a
+    # dataset example's prefix gets exactly its stored features and its evaluation-time scores
+    rec = runner.invoke(app, ["recommend", str(tmp_path / "run"), "--items", "item1,item2", "--k", "3", "--json"])
+    assert rec.exit_code == 0, rec.output
+    assert [r["rank"] for r in json.loads(rec.output)["recommendations"]] == [1, 2, 3]
+    from intentrec.training import load_run
+
+    trained = load_run(tmp_path / "run")
+    examples = trained.dataset.examples("test")
+    batch = next(examples.batches(8))
+    online = trained.model.session_features(batch)
+    for name in ("long", "short"):
+        torch.testing.assert_close(online[name], trained.model.feature(name, batch.example_ids), atol=2e-3, rtol=0)
+    with torch.no_grad(), trained.model.features_for(online):
+        served = trained.model(batch)
+    with torch.no_grad():
+        stored = trained.model(batch)
+    torch.testing.assert_close(served, stored, atol=1e-3, rtol=1e-3)
 
 
 def test_llm_infer_ablation_trains_nothing(tiny, tmp_path):
@@ -179,6 +194,13 @@ def test_llm_source_with_a_real_small_llm(tmp_path):
     assert semantic["examples_used"] == {"train": 4, "valid": 2, "test": 2}
     assert semantic["features"]["long"]["llm"]["model_sha256"]
     assert 0.0 <= result.test["HR@20"] <= 1.0
+    # LLM answers exist only for dataset examples: serving a new session is refused with a reason
+    from intentrec.serving.recommend import recommend
+    from intentrec.training import load_run
+
+    trained = load_run(tmp_path / "run")
+    with pytest.raises(IntentrecError, match="cannot compute text features for a new session"):
+        recommend(trained.model, trained.dataset, trained.dataset.item_ids()[:2], 3)
 
 
 def test_unknown_method_is_one_clear_error(tiny, tmp_path):

@@ -11,6 +11,7 @@ from intentrec.data.batch import SessionBatch
 from intentrec.data.dataset import PreparedDataset
 from intentrec.errors import DataError, IntentrecError
 from intentrec.models.base import Backbone
+from intentrec.models.methods.base import Method
 
 
 @dataclass
@@ -45,7 +46,7 @@ def item_columns(dataset: PreparedDataset, item_ids: Sequence[str]) -> list[int]
 
 @torch.no_grad()
 def recommend(
-    model: Backbone,
+    model: Backbone | Method,
     dataset: PreparedDataset,
     item_ids: Sequence[str],
     k: int = 10,
@@ -59,17 +60,25 @@ def recommend(
         raise IntentrecError("give at least one item id")
     if k < 1:
         raise IntentrecError(f"k must be at least 1, got {k}")
-    if hasattr(model, "features"):  # a Method: its text features exist only for the dataset's examples
-        raise IntentrecError(
-            f"recommend serves backbone runs; this run uses method '{model.registry_name}', whose text "
-            "features are precomputed per dataset example, not for new sessions (not supported yet)"
-        )
     columns = item_columns(dataset, item_ids)
     history = [c + 1 for c in columns]  # item indices
     if max_length is not None:
         history = history[-max_length:]
     model.eval()
-    scores = model(SessionBatch.from_lists([history]).to(device))[0].float().cpu()
+    batch = SessionBatch.from_lists([history]).to(device)
+    if isinstance(model, Method):
+        # A method's stored text features belong to dataset examples; a new session needs its own.
+        features = model.session_features(batch)
+        if features is None:
+            raise IntentrecError(
+                f"this run's method '{model.registry_name}' cannot compute text features for a new "
+                "session (its source needs LLM answers generated per example); only LLM4SBR with "
+                "source=titles serves new sessions"
+            )
+        with model.features_for(features):
+            scores = model(batch)[0].float().cpu()
+    else:
+        scores = model(batch)[0].float().cpu()
     scores = torch.nan_to_num(scores, nan=float("-inf"))
     if exclude_seen:
         scores[torch.tensor(columns)] = float("-inf")

@@ -17,6 +17,8 @@ shared by the table and the buffer, and cast per batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -51,7 +53,7 @@ class Method(nn.Module):
         self.backbone = backbone
         self.config = config
         self.features: dict[str, FeatureTable] = {}
-        self._last_aux: dict[str, float] = {}
+        self._override: dict[str, torch.Tensor] | None = None
 
     # ---------------------------------------------------------------- backbone passthrough
     @property
@@ -124,6 +126,8 @@ class Method(nn.Module):
 
     def feature(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
         """float32 features of ``example_ids`` (zeros where missing): ``[B, D]`` or ``[B, J, D]``."""
+        if self._override is not None:
+            return self._override[name]
         rows = self._rows(name, example_ids)
         values = getattr(self, f"_feat_{name}")[rows.clamp(min=0)].float()
         missing = (rows < 0).view(-1, *([1] * (values.dim() - 1)))
@@ -132,6 +136,21 @@ class Method(nn.Module):
     def feature_counts(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
         rows = self._rows(name, example_ids)
         return getattr(self, f"_counts_{name}")[rows.clamp(min=0)].masked_fill(rows < 0, 0)
+
+    # ---------------------------------------------------------------- serving new sessions
+    def session_features(self, batch: SessionBatch) -> dict[str, torch.Tensor] | None:
+        """Features of sessions that are not dataset examples, computed now; None if the source
+        cannot (e.g. LLM answers that were never generated for them)."""
+        return None
+
+    @contextmanager
+    def features_for(self, features: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Within the block, ``feature(name, …)`` returns ``features[name]`` (rows = the batch)."""
+        previous, self._override = self._override, features
+        try:
+            yield
+        finally:
+            self._override = previous
 
     def covered(self, example_ids: np.ndarray) -> np.ndarray:
         """Bool per example: every feature this method reads is present for it."""

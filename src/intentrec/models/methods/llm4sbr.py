@@ -126,11 +126,32 @@ class LLM4SBR(Method):
             }
         if cfg.shuffle_texts:
             out = {name: shuffle_within_splits(table, dataset) for name, table in out.items()}
-        if cfg.infer_only:
+        if cfg.infer_only or cfg.source == "titles":
             from intentrec.semantic.intents import embed_catalogue
 
             catalogue = embed_catalogue(dataset.path, encoder, normalize=True).vectors
             self.register_buffer("_catalogue", torch.from_numpy(catalogue.astype(np.float16)), persistent=False)
+            self._catalogue32 = catalogue  # float32, for computing new sessions' views exactly as stored
+        return out
+
+    def session_features(self, batch: SessionBatch) -> dict[str, torch.Tensor] | None:
+        """The ``titles`` source for sessions outside the dataset: the same rule as the stored views."""
+        cfg: LLM4SBRConfig = self.config
+        if cfg.source != "titles" or cfg.shuffle_texts or getattr(self, "_catalogue32", None) is None:
+            return None
+        from intentrec.semantic.localization import l2_normalise, localize
+        from intentrec.semantic.views import window_means
+
+        lengths = batch.lengths.cpu().numpy()
+        values = batch.items.cpu().numpy()[batch.mask.cpu().numpy()]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        out = {}
+        for name in self.features:
+            window = None if name in ("long", "normal") else cfg.short_window
+            raw = l2_normalise(window_means(self._catalogue32, values, offsets, window))
+            vectors = localize(raw, self._catalogue32, cfg.k, method="exact") if cfg.k else raw
+            # rounded like the stored features, so a session scores the same online and offline
+            out[name] = torch.from_numpy(vectors.astype(np.float16)).float().to(batch.items.device)
         return out
 
     def attach(self, tables: dict[str, FeatureTable]) -> None:

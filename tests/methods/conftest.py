@@ -1,8 +1,0 @@
-"""Method tests reuse the tiny prepared dataset of the model tests."""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
