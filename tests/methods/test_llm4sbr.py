@@ -223,3 +223,37 @@ def test_shuffled_text_control_permutes_within_each_split(tiny):
     for split in ("train", "valid", "test"):
         rows = table.positions(tiny.examples(split).example_ids)
         assert sorted(shuffled.vectors[rows, 0].tolist()) == sorted(vectors[rows, 0].tolist())
+
+
+@pytest.mark.slow
+def test_llm_source_on_a_real_beauty_subset(tmp_path):
+    """Real data, real LLM: the first 12 Beauty sessions, smollm2 answers for a few examples per split."""
+    sys.path.insert(0, str(SEMANTIC_TESTS))
+    from conftest import require_data
+    from test_llm_llamacpp import require_smollm2
+
+    source = require_data("amazon/beauty-2014-5core")
+    require_smollm2()
+    pytest.importorskip("sentence_transformers")
+    from intentrec.data.prepare import prepare_dataset
+    from intentrec.semantic.infer import run_inference
+    from intentrec.semantic.llm.base import DecodingConfig
+    from intentrec.semantic.store import AnswerStore
+    from intentrec.training import train
+
+    data = prepare_dataset("generic", source, tmp_path / "beauty-12", protocol="llm4sbr-beauty", max_sessions=12)
+    limits = {"train": 3, "valid": 1, "test": 2}
+    assert all(len(data.examples(s)) >= n for s, n in limits.items())
+    store_path = tmp_path / "answers.sqlite"
+    with AnswerStore(store_path) as store:
+        for template in ("llm4sbr-long", "llm4sbr-short"):
+            for split, limit in limits.items():
+                report = run_inference(data.path, template=template, llm="smollm2", split=split, limit=limit,
+                                       store=store, progress=False, decoding=DecodingConfig(max_tokens=16),
+                                       llm_options={"n_parallel": 4})
+                assert report.covered == limit
+    result = train(data.path, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "run", method="llm4sbr",
+                   method_config={"source": "llm", "llm": "smollm2", "store": str(store_path), "k": 3,
+                                  "restrict_to_covered": True}, progress=False)
+    assert result.metrics["semantic"]["examples_used"] == limits
+    assert 0.0 <= result.test["HR@20"] <= 1.0
