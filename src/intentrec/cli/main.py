@@ -14,7 +14,10 @@ app = typer.Typer(
     name="intentrec",
     help=(
         "LLM-enhanced session-based recommendation.\n\n"
-        "Typical flow: intentrec prepare → intentrec train → intentrec evaluate → intentrec recommend."
+        "Typical flow: intentrec prepare → intentrec train → intentrec evaluate → intentrec recommend.\n\n"
+        "With an LLM method: intentrec train DATA --model srgnn --method llm4sbr (titles source), or\n"
+        "intentrec infer → intentrec train --method llm4sbr --set method.source=llm. Grids of runs:\n"
+        "intentrec experiment FILE.yaml."
     ),
     no_args_is_help=True,
     add_completion=False,

@@ -17,7 +17,7 @@ from rich.table import Table
 from intentrec.config import deep_merge, load_config_file, parse_overrides
 from intentrec.errors import ConfigError, IntentrecError
 
-TRAIN_HELP = """Train a backbone on a prepared dataset into a run folder.
+TRAIN_HELP = """Train a backbone (optionally wrapped by an LLM method) on a prepared dataset into a run folder.
 
 Settings, from lowest to highest priority: the backbone's paper defaults, --config FILE (YAML/JSON
 with optional 'model:', 'train:' and 'method:' sections), then --set. Keys are 'model.<field>'
