@@ -269,13 +269,13 @@ def compute_intents(
     path = Path(out) if out is not None else intents_path(
         dataset_dir, template, model_sha, encoder.identity_key(), k, split
     )
-    _write_safetensors(path, tensors, metadata)
+    write_safetensors(path, tensors, metadata)
     report_path = path.with_name(path.name + ".json")
     write_json(report_path, {"file": path.name, **metadata, "coverage": {**asdict(coverage), "fraction": coverage.fraction}})
     return IntentResult(path, report_path, example_ids, vectors, has_intent.astype(bool), coverage, metadata)
 
 
-def _write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
     from safetensors.numpy import save_file
 
     meta = {key: json.dumps(value, sort_keys=True) if not isinstance(value, str) else value for key, value in metadata.items()}

@@ -35,11 +35,11 @@ from intentrec.models.methods.features import FeatureTable
 from intentrec.semantic.encoders import TextEncoder
 from intentrec.semantic.intents import (
     SEMANTIC_DIR,
-    _write_safetensors,
     compute_intents,
     embed_catalogue,
     intents_path,
     load_intents,
+    write_safetensors,
 )
 from intentrec.semantic.localization import l2_normalise, localize
 from intentrec.semantic.store import dataset_fingerprint
@@ -99,8 +99,12 @@ def title_views(
     k: int = 3,
     short_window: int = 3,
     batch_size: int = 64,
+    catalogue: np.ndarray | None = None,
 ) -> dict[str, FeatureTable]:
-    """The ``titles`` source: one FeatureTable per requested view, every example present."""
+    """The ``titles`` source: one FeatureTable per requested view, every example present.
+
+    ``catalogue``: the unit title vectors of ``encoder`` when the caller already has them.
+    """
     dataset_dir = Path(dataset_dir)
     dataset = PreparedDataset(dataset_dir)
     unknown = sorted(set(views) - set(TITLE_VIEWS))
@@ -109,7 +113,6 @@ def title_views(
     fingerprint = dataset_fingerprint(dataset_dir)
     key = encoder.identity_key()
     tables: dict[str, FeatureTable] = {}
-    catalogue = None
     for view in views:
         window = None if view == "long" else short_window
         meta: dict[str, Any] = {
@@ -131,7 +134,7 @@ def title_views(
             ids, values, offsets = all_examples(dataset)
             raw = l2_normalise(window_means(catalogue, values, offsets, window))
             vectors = localize(raw, catalogue, k, method="exact") if k else raw
-            _write_safetensors(path, {"example_ids": ids, "vectors": vectors.astype(np.float32)}, meta)
+            write_safetensors(path, {"example_ids": ids, "vectors": vectors.astype(np.float32)}, meta)
             cached = (ids, vectors)
         ids, vectors = cached
         tables[view] = FeatureTable(ids, vectors, np.ones(len(ids), bool), info={**meta, "file": path.name})

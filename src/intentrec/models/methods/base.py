@@ -45,8 +45,8 @@ class Method(nn.Module):
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     registry_name: ClassVar[str] = ""
-    #: False for methods that only rank with precomputed vectors (nothing to train).
-    trainable: ClassVar[bool] = True
+    #: Whether the method maps its text features to the model width with ``self.text_proj``.
+    projects_text: ClassVar[bool] = True
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__()
@@ -54,6 +54,11 @@ class Method(nn.Module):
         self.config = config
         self.features: dict[str, FeatureTable] = {}
         self._override: dict[str, torch.Tensor] | None = None
+
+    @property
+    def trains(self) -> bool:
+        """False for a configuration that only ranks with precomputed vectors (nothing to train)."""
+        return True
 
     # ---------------------------------------------------------------- backbone passthrough
     @property
@@ -88,6 +93,8 @@ class Method(nn.Module):
         """Make ``tables`` available to ``feature(name, example_ids)`` as dense id-indexed buffers."""
         self.features = dict(tables)
         device = next(self.backbone.parameters()).device
+        if self.projects_text and tables:
+            self._ensure_text_projection(tables, device)
         for name, table in tables.items():
             max_id = int(table.example_ids.max(initial=-1))
             rows = np.full(max_id + 2, -1, dtype=np.int64)  # last slot: ids beyond the table
@@ -100,7 +107,7 @@ class Method(nn.Module):
                 counts = torch.from_numpy(table.counts.astype(np.int64))
                 self.register_buffer(f"_counts_{name}", counts.to(device), persistent=False)
 
-    def ensure_text_projection(self, tables: dict[str, FeatureTable], anchor: nn.Module) -> None:
+    def _ensure_text_projection(self, tables: dict[str, FeatureTable], device: torch.device) -> None:
         """Create ``self.text_proj`` (text width → d) once the width is known; check one width.
 
         Created here rather than in ``__init__`` because the width depends on the encoder that made
@@ -113,7 +120,7 @@ class Method(nn.Module):
         width = dims.pop()
         current = getattr(self, "text_proj", None)
         if current is None or current.in_features != width:
-            self.text_proj = nn.Linear(width, self.backbone.dim).to(anchor.weight.device)
+            self.text_proj = nn.Linear(width, self.backbone.dim).to(device)
 
     def _rows(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
         """Row of each example in the feature buffer, −1 where it has none."""

@@ -120,7 +120,7 @@ class DMsRec(Method):
         super().__init__(backbone, config)
         d = backbone.dim
         self.fusion = nn.Linear((1 + len(config.groups())) * d, d, bias=False)
-        self.text_proj: nn.Linear | None = None  # created once the text width is known (attach)
+        self.text_proj: nn.Linear | None = None  # created by attach() once the text width is known
         self._candidates: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ features
@@ -183,10 +183,6 @@ class DMsRec(Method):
             _, self._candidates = self.candidate_file(dataset, compute=False)
             tables = llm_tables(dataset.path, encoder, llm_identity=resolve_llm_identity(cfg.llm), store_path=cfg.store)
         return {g: tables[g] for g in cfg.groups()}
-
-    def attach(self, tables: dict[str, FeatureTable]) -> None:
-        self.ensure_text_projection(tables, anchor=self.fusion)
-        super().attach(tables)
 
     def semantic_info(self) -> dict[str, Any]:
         cfg: DMsRecConfig = self.config

@@ -94,7 +94,7 @@ class LLM4SBR(Method):
         self.w_long = nn.Linear(d, 1, bias=False)
         self.w_short = nn.Linear(d, 1, bias=False)
         self.combine = nn.Linear(2 * d, d)
-        self.text_proj: nn.Linear | None = None  # created once the text width is known (attach)
+        self.text_proj: nn.Linear | None = None  # created by attach() once the text width is known
 
     @property
     def trains(self) -> bool:
@@ -111,9 +111,17 @@ class LLM4SBR(Method):
         cfg: LLM4SBRConfig = self.config
         encoder = get_encoder(cfg.encoder)
         names = cfg.view_names()
+        catalogue = None
+        if cfg.infer_only or cfg.source == "titles":
+            from intentrec.semantic.intents import embed_catalogue
+
+            catalogue = embed_catalogue(dataset.path, encoder, normalize=True).vectors
+            self.register_buffer("_catalogue", torch.from_numpy(catalogue.astype(np.float16)), persistent=False)
+            self._catalogue32 = catalogue  # float32, for computing new sessions' views exactly as stored
         if cfg.source == "titles":
             wanted = tuple(dict.fromkeys("long" if v == "normal" else v for v in names))
-            tables = title_views(dataset.path, encoder, views=wanted, k=cfg.k, short_window=cfg.short_window)
+            tables = title_views(dataset.path, encoder, views=wanted, k=cfg.k, short_window=cfg.short_window,
+                                 catalogue=catalogue)
             out = {v: tables["long" if v == "normal" else v] for v in names}
         else:
             from intentrec.semantic.llm import resolve_llm_identity
@@ -126,12 +134,6 @@ class LLM4SBR(Method):
             }
         if cfg.shuffle_texts:
             out = {name: shuffle_within_splits(table, dataset) for name, table in out.items()}
-        if cfg.infer_only or cfg.source == "titles":
-            from intentrec.semantic.intents import embed_catalogue
-
-            catalogue = embed_catalogue(dataset.path, encoder, normalize=True).vectors
-            self.register_buffer("_catalogue", torch.from_numpy(catalogue.astype(np.float16)), persistent=False)
-            self._catalogue32 = catalogue  # float32, for computing new sessions' views exactly as stored
         return out
 
     def session_features(self, batch: SessionBatch) -> dict[str, torch.Tensor] | None:
@@ -153,10 +155,6 @@ class LLM4SBR(Method):
             # rounded like the stored features, so a session scores the same online and offline
             out[name] = torch.from_numpy(vectors.astype(np.float16)).float().to(batch.items.device)
         return out
-
-    def attach(self, tables: dict[str, FeatureTable]) -> None:
-        self.ensure_text_projection(tables, anchor=self.combine)
-        super().attach(tables)
 
     def semantic_info(self) -> dict[str, Any]:
         cfg: LLM4SBRConfig = self.config
