@@ -115,6 +115,24 @@ def test_gradients_reach_every_parameter(name, tiny_dataset):
 
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_loss_is_cross_entropy_of_the_scores(name, tiny_dataset):
+    """``loss`` may fuse scoring and softmax, but value and gradients are those of CE(scores)."""
+    model = make_backbone(name, tiny_dataset)
+    model.eval()  # no dropout, so both passes see the same network
+    batch = contract_batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = model.loss(batch)
+    fused_grads = torch.autograd.grad(fused, params, allow_unused=True)
+    plain = F.cross_entropy(model(batch), batch.targets)
+    plain_grads = torch.autograd.grad(plain, params, allow_unused=True)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    for (param_name, _), a, b in zip(model.named_parameters(), fused_grads, plain_grads):
+        assert (a is None) == (b is None), param_name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=f"{name}: {param_name}")
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_padding_does_not_change_outputs(name, tiny_dataset):
     model = make_backbone(name, tiny_dataset)
     batch = contract_batch()

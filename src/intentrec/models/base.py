@@ -24,6 +24,7 @@ from torch import nn
 
 from intentrec.config import Config
 from intentrec.data.batch import SessionBatch
+from intentrec.models.scoring import linear_cross_entropy
 
 if TYPE_CHECKING:
     from intentrec.data.dataset import PreparedDataset
@@ -88,4 +89,14 @@ class Backbone(nn.Module):
         """Training loss: cross-entropy over all items (the setting of every paper we reproduce)."""
         if batch.targets is None:
             raise ValueError("loss() needs a batch with targets")
-        return F.cross_entropy(self(batch), batch.targets)
+        return self.score_loss(self.encode(batch), batch.targets)
+
+    def score_loss(self, output: BackboneOutput, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``score(output)`` against ``targets`` (column indices).
+
+        Fused with the scoring when ``score`` is the default dot product; a subclass that overrides
+        ``score`` gets the plain (unfused) loss unless it overrides this too.
+        """
+        if type(self).score is Backbone.score:
+            return linear_cross_entropy(output.session, self.item_embeddings(), targets)
+        return F.cross_entropy(self.score(output), targets)

@@ -29,6 +29,7 @@ from intentrec.models.base import BackboneConfig, BackboneOutput
 from intentrec.models.graph import reversed_positions, session_graph
 from intentrec.models.layers import gather_last
 from intentrec.models.registry import register_backbone
+from intentrec.models.scoring import linear_cross_entropy
 
 
 class NISERConfig(SRGNNConfig):
@@ -79,3 +80,7 @@ class NISER(SRGNN):
         # Normalise again so that a session vector replaced by a method is scored the same way.
         session = F.normalize(output.session, dim=1)
         return self.config.scale * F.linear(session, self.item_embeddings())
+
+    def score_loss(self, output: BackboneOutput, targets: torch.Tensor) -> torch.Tensor:
+        session = self.config.scale * F.normalize(output.session, dim=1)
+        return linear_cross_entropy(session, self.item_embeddings(), targets)

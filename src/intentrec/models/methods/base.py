@@ -222,6 +222,9 @@ class Method(nn.Module):
         if batch.targets is None:
             raise ValueError("loss() needs a batch with targets")
         output, aux = self.fuse(self.backbone.encode(batch), batch)
-        loss = F.cross_entropy(self.score(output), batch.targets)
+        if type(self).score is Method.score:
+            loss = self.backbone.score_loss(output, batch.targets)
+        else:
+            loss = F.cross_entropy(self.score(output), batch.targets)
         extra = self.extra_loss(aux)
         return loss if extra is None else loss + extra
