@@ -166,8 +166,8 @@ def render_markdown(report: Report) -> str:
     if report.orphans:
         lines += [
             "",
-            f"{report.orphans} record(s) in `{spec.records_dir}` belong to no run of this grid and "
-            "are not shown.",
+            f"{report.orphans} record(s) in `{spec.records_dir}` belong to no run of this grid (other "
+            "experiments may share the folder) and are not shown.",
         ]
     return "\n".join(lines) + "\n"
 
