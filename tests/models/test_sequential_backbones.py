@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from intentrec.data.batch import SessionBatch
-from intentrec.models.backbones.sasrec import window_positions
+from intentrec.models.backbones.sasrec import PackedTokens, window_positions
 from intentrec.models.layers import (
+    AdditiveAttention,
     dot_product_readout,
     gather_last,
     keep_most_recent,
+    masked_dropout,
     masked_mean,
     masked_softmax,
 )
@@ -201,3 +203,39 @@ def test_default_train_has_the_documented_keys(name):
     model = build_backbone(name, 5, {})
     assert set(model.default_train) == {"lr", "batch_size", "l2", "lr_decay_step", "lr_decay_gamma"}
     assert model.registry_name == name and model.dim == 100
+
+
+def test_additive_attention_on_real_positions_only_equals_the_padded_computation():
+    torch.manual_seed(0)
+    attention = AdditiveAttention(4, [4, 4], 3, bias=True)
+    keys = torch.randn(3, 5, 4)
+    queries = [torch.randn(3, 4), torch.randn(3, 4)]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    full = attention(keys, queries)
+    packed = attention(keys, queries, mask)
+    torch.testing.assert_close(packed[mask], full[mask])
+    assert torch.all(packed[~mask] == 0)
+
+
+def test_masked_dropout_draws_only_on_real_positions():
+    values = torch.ones(4, 6, 8)
+    mask = torch.arange(6).unsqueeze(0) < torch.tensor([[1], [6], [3], [2]])
+    dropout = torch.nn.Dropout(0.5)
+    dropout.eval()
+    assert masked_dropout(values, mask, dropout) is values
+    dropout.train()
+    torch.manual_seed(0)
+    out = masked_dropout(values, mask, dropout)
+    assert torch.all(out[~mask] == 0)
+    kept = out[mask]
+    assert set(kept.unique().tolist()) == {0.0, 2.0}  # dropped, or scaled by 1 / (1 - p)
+    assert 0.3 < (kept == 0).float().mean() < 0.7
+
+
+def test_sasrec_packed_tokens_round_trip():
+    mask = torch.tensor([[True, True, False], [True, False, False], [True, True, True]])
+    packing = PackedTokens(mask)
+    values = torch.arange(9.0).view(3, 3, 1)
+    packed = packing.pack(values)
+    assert packed.squeeze(1).tolist() == [0.0, 1.0, 3.0, 6.0, 7.0, 8.0]
+    torch.testing.assert_close(packing.unpack(packed), values * mask.unsqueeze(2))

@@ -17,7 +17,7 @@ from torch import nn
 
 from intentrec.data.batch import SessionBatch
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
-from intentrec.models.layers import gather_last, masked_mean
+from intentrec.models.layers import gather_last, masked_dropout, masked_mean
 from intentrec.models.registry import register_backbone
 
 
@@ -108,7 +108,7 @@ class GRU4Rec(Backbone):
 
     def encode(self, batch: SessionBatch) -> BackboneOutput:
         mask = batch.mask
-        inputs = self.embedding_dropout(self.embedding(batch.items))
+        inputs = masked_dropout(self.embedding(batch.items), mask, self.embedding_dropout)
         states = self.hidden_dropout(run_gru(self.gru, inputs, batch.lengths))
         last = gather_last(states, batch.lengths)
         return BackboneOutput(

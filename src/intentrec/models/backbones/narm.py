@@ -21,7 +21,13 @@ from torch import nn
 from intentrec.data.batch import SessionBatch
 from intentrec.models.backbones.gru4rec import run_gru
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
-from intentrec.models.layers import AdditiveAttention, gather_last, masked_softmax, weighted_sum
+from intentrec.models.layers import (
+    AdditiveAttention,
+    gather_last,
+    masked_dropout,
+    masked_softmax,
+    weighted_sum,
+)
 from intentrec.models.registry import register_backbone
 
 
@@ -79,11 +85,11 @@ class NARM(Backbone):
 
     def encode(self, batch: SessionBatch) -> BackboneOutput:
         mask = batch.mask
-        inputs = self.embedding_dropout(self.embedding(batch.items))
+        inputs = masked_dropout(self.embedding(batch.items), mask, self.embedding_dropout)
         states = run_gru(self.gru, inputs, batch.lengths)
         last = gather_last(states, batch.lengths)
         # The authors normalise the attention scores with a masked softmax (the paper leaves α raw).
-        alpha = masked_softmax(self.attention(states, [last]), mask)
+        alpha = masked_softmax(self.attention(states, [last], mask), mask)
         readout = weighted_sum(alpha, states)
         session = self.bilinear(self.encoder_dropout(torch.cat([last, readout], dim=-1)))
         return BackboneOutput(session=session, vectors={"local": last, "global": readout})

@@ -6,7 +6,8 @@ network and a final layer norm. We train it like every other backbone here, with
 all items from the last position (the SBR-benchmark setting), not the paper's per-position binary
 cross-entropy against one sampled negative.
 
-Positions follow the authors' left-padded window of ``max_length``: the most recent item always has
+Every per-token layer runs on the real clicks only (:class:`PackedTokens`); padding exists only
+inside the attention, where the causal mask hides it. Positions follow the authors' left-padded window of ``max_length``: the most recent item always has
 position ``max_length - 1``, the one before ``max_length - 2``, and so on, whatever the batch width.
 """
 
@@ -43,6 +44,27 @@ def window_positions(lengths: torch.Tensor, width: int, max_length: int) -> torc
     return (steps - lengths.unsqueeze(1) + max_length).clamp(0, max_length - 1)
 
 
+class PackedTokens:
+    """Where the real clicks of a right-padded ``[B, W]`` batch sit: ``flat`` indexes ``B * W``.
+
+    Every layer except the attention itself is per token, so it runs on the ``T`` real tokens only
+    (on Beauty T ≈ B · 8.6 while W is often 50): the padded layout exists only inside attention.
+    """
+
+    def __init__(self, mask: torch.Tensor):
+        self.batch, self.width = mask.shape
+        self.flat = mask.reshape(-1).nonzero().squeeze(1)
+
+    def pack(self, values: torch.Tensor) -> torch.Tensor:
+        """``[B, W, ...]`` -> ``[T, ...]``."""
+        return values.reshape(self.batch * self.width, *values.shape[2:]).index_select(0, self.flat)
+
+    def unpack(self, values: torch.Tensor) -> torch.Tensor:
+        """``[T, ...]`` -> ``[B, W, ...]`` with zeros at padding."""
+        out = values.new_zeros(self.batch * self.width, *values.shape[1:])
+        return out.index_copy(0, self.flat, values).view(self.batch, self.width, *values.shape[1:])
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float):
         super().__init__()
@@ -53,9 +75,12 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, length, d = x.shape
-        q, k, v = self.qkv(x).view(b, length, 3, self.num_heads, d // self.num_heads).unbind(2)
+    def forward(self, tokens: torch.Tensor, packing: PackedTokens) -> torch.Tensor:
+        """Packed ``[T, d]`` -> packed ``[T, d]``."""
+        d = tokens.shape[1]
+        b, length = packing.batch, packing.width
+        qkv = packing.unpack(self.qkv(tokens)).view(b, length, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv.unbind(2)
         # With right padding a causal mask already hides every pad key from every real query.
         attended = F.scaled_dot_product_attention(
             q.transpose(1, 2),
@@ -64,7 +89,7 @@ class CausalSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=True,
         )
-        return self.out(attended.transpose(1, 2).reshape(b, length, d))
+        return self.out(packing.pack(attended.transpose(1, 2).reshape(b, length, d)))
 
 
 class TransformerBlock(nn.Module):
@@ -78,10 +103,9 @@ class TransformerBlock(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x)))
-        x = x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
-        return x * keep
+    def forward(self, tokens: torch.Tensor, packing: PackedTokens) -> torch.Tensor:
+        tokens = tokens + self.dropout(self.attention(self.attention_norm(tokens), packing))
+        return tokens + self.dropout(self.feed_forward(self.feed_forward_norm(tokens)))
 
 
 @register_backbone("sasrec")
@@ -128,13 +152,13 @@ class SASRec(Backbone):
         max_length = self.config.max_length  # type: ignore[attr-defined]
         items, lengths = keep_most_recent(batch.items, batch.lengths, max_length)
         mask = items > 0
+        packing = PackedTokens(mask)
         positions = window_positions(lengths, items.shape[1], max_length)
-        x = self.embedding(items) * math.sqrt(self.dim) + self.positions(positions)
-        keep = mask.unsqueeze(-1).to(x.dtype)
-        x = self.input_dropout(x) * keep
+        tokens = self.embedding(packing.pack(items)) * math.sqrt(self.dim)
+        tokens = self.input_dropout(tokens + self.positions(packing.pack(positions)))
         for block in self.blocks:
-            x = block(x, keep)
-        outputs = self.final_norm(x)
+            tokens = block(tokens, packing)
+        outputs = packing.unpack(self.final_norm(tokens))
         last = gather_last(outputs, lengths)
         readout = dot_product_readout(outputs, last, mask)
         return BackboneOutput(session=last, vectors={"local": last, "global": readout})

@@ -66,7 +66,7 @@ class STAMP(Backbone):
         x = self.embedding(batch.items)
         m_s = masked_mean(x, mask)
         m_t = self.embedding(batch.last_items())
-        alpha = self.attention(x, [m_t, m_s]).masked_fill(~mask, 0.0)
+        alpha = self.attention(x, [m_t, m_s], mask)  # 0 at padding
         m_a = weighted_sum(alpha, x)
         h_s = torch.tanh(self.mlp_general(m_a))
         h_t = torch.tanh(self.mlp_current(m_t))
