@@ -17,6 +17,8 @@ from tiny_dataset import write_tiny_dataset
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import IntentrecError
 from intentrec.models.backbones.gcegnn import build_global_graph
+from intentrec.models.graph import session_graph
+from intentrec.models.layers import gather_last
 from intentrec.models.registry import backbone_class, build_backbone
 
 SESSIONS = [[1, 2, 3, 2, 4], [5, 5], [7], [3, 9, 3, 9, 3, 1], [6, 8, 6]]
@@ -218,6 +220,20 @@ def test_gcsan_session_mixes_self_attention_and_gnn_state():
             torch.testing.assert_close(out.vectors["global"][row], block_out[-1])
             expected = 0.6 * block_out[-1] + 0.4 * clicks[-1]
             torch.testing.assert_close(out.session[row], expected)
+
+
+def test_gcsan_last_block_on_the_last_query_equals_running_every_block_in_full():
+    model = build("gcsan", dropout=0.0, blocks=2, attention_heads=2)
+    model.eval()
+    batch = SessionBatch.from_lists(SESSIONS)
+    with torch.no_grad():
+        out = model.encode(batch)
+        graph = session_graph(batch)
+        states = model.gnn(graph, model.item_table.index_select(0, graph.node_items - 1))
+        attended = graph.gather_positions(states)
+        for block in model.blocks:
+            attended = block(attended, graph.position_mask)
+        torch.testing.assert_close(out.vectors["global"], gather_last(attended, batch.lengths))
 
 
 @pytest.mark.parametrize("weight,vector", [(1.0, "global"), (0.0, "local")])

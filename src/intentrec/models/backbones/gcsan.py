@@ -54,14 +54,19 @@ class SelfAttentionBlock(nn.Module):
         batch, width, dim = x.shape
         return x.view(batch, width, self.heads, dim // self.heads).transpose(1, 2)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor, queries: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B, L, d]`` -> ``[B, L, d]``; or, given query rows ``queries`` ``[B, Q, d]``, the block's
+        output at those queries only, ``[B, Q, d]`` (keys and values are still all of ``hidden``)."""
         batch, width, dim = hidden.shape
-        query, key, value = (self._split(f(hidden)) for f in (self.query, self.key, self.value))
+        query = self._split(self.query(hidden if queries is None else queries))
+        key, value = (self._split(f(hidden)) for f in (self.key, self.value))
         logits = query @ key.transpose(2, 3) / math.sqrt(dim // self.heads)
         # Every real session has at least one real key, so no row is fully masked.
         logits = logits.masked_fill(~mask.view(batch, 1, 1, width), float("-inf"))
         weights = self.dropout(torch.softmax(logits, dim=-1))
-        attended = (weights @ value).transpose(1, 2).reshape(batch, width, dim)
+        attended = (weights @ value).transpose(1, 2).reshape(batch, query.shape[2], dim)
         attended = self.dropout(attended)
         return self.dropout(self.feed_forward(attended)) + attended
 
@@ -106,10 +111,13 @@ class GCSAN(Backbone):
         states = self.gnn(graph, self.item_table.index_select(0, graph.node_items - 1))
         clicks = graph.gather_positions(states)  # [B, L, d]
         attended = clicks
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             attended = block(attended, graph.position_mask)
+        # Only the last click's output is used, so the last block runs its query alone (same
+        # numbers, without the [B, L, L] attention of the long sessions of a batch).
+        last = gather_last(attended, batch.lengths).unsqueeze(1)
+        global_ = self.blocks[-1](attended, graph.position_mask, queries=last).squeeze(1)
         local = gather_last(clicks, batch.lengths)
-        global_ = gather_last(attended, batch.lengths)
         weight = self.config.weight
         session = weight * global_ + (1.0 - weight) * local
         return BackboneOutput(session=session, vectors={"local": local, "global": global_})
