@@ -17,7 +17,8 @@ from tiny_dataset import write_tiny_dataset
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import IntentrecError
 from intentrec.models.backbones.gcegnn import build_global_graph
-from intentrec.models.graph import session_graph
+from intentrec.models.backbones.tagnn import target_attention
+from intentrec.models.graph import segment_softmax, session_graph
 from intentrec.models.layers import gather_last
 from intentrec.models.registry import backbone_class, build_backbone
 
@@ -199,6 +200,26 @@ def test_tagnn_item_chunks_do_not_change_scores():
         torch.testing.assert_close(
             chunked.score(chunked.encode(batch)), whole.score(whole.encode(batch))
         )
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+def test_tagnn_target_attention_matches_autograd_of_the_formula(chunk):
+    generator = torch.Generator().manual_seed(0)
+    owner = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    counts = torch.tensor([1.0, 2, 1, 1, 1, 1, 3, 1, 1], dtype=torch.double)
+    keys, states, items = (
+        torch.randn(rows, 4, dtype=torch.double, generator=generator, requires_grad=True)
+        for rows in (9, 9, 7)
+    )
+    fused = target_attention(keys, states, items, owner, counts, 3, chunk)
+    beta = segment_softmax(keys @ items.t(), owner, 3, counts)
+    plain = torch.zeros(3, 7, dtype=torch.double).index_add(0, owner, beta * (states @ items.t()))
+    upstream = torch.randn(3, 7, dtype=torch.double, generator=generator)
+    torch.testing.assert_close(fused, plain)
+    fused_grads = torch.autograd.grad(fused, (keys, states, items), upstream)
+    plain_grads = torch.autograd.grad(plain, (keys, states, items), upstream)
+    for a, b in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(a, b)
 
 
 # ---------------------------------------------------------------------------- GC-SAN

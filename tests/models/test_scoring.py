@@ -55,3 +55,11 @@ def test_only_requested_gradients_are_computed():
 def test_empty_batch_is_refused():
     with pytest.raises(ValueError, match="at least one example"):
         linear_cross_entropy(torch.zeros(0, 2), torch.zeros(3, 2), torch.zeros(0, dtype=torch.long))
+
+
+def test_a_second_backward_pass_is_refused_clearly():
+    session, table, targets = _inputs()
+    loss = linear_cross_entropy(session, table, targets)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        loss.backward()

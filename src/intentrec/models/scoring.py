@@ -34,10 +34,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         session, table, targets = ctx.saved_tensors
+        if ctx.exps is None:
+            raise RuntimeError("linear_cross_entropy supports one backward pass per forward")
         batch = ctx.exps.shape[0]
         # d loss / d scores = (softmax - one_hot) * grad / B, built in the buffer of the exps.
         residual = ctx.exps.mul_(grad / (batch * ctx.total))
-        del ctx.exps, ctx.total
+        ctx.exps = ctx.total = None
         rows = torch.arange(batch, device=residual.device)
         residual[rows, targets] -= grad / batch
         grad_session = residual @ table if ctx.needs_input_grad[0] else None
