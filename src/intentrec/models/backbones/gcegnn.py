@@ -45,7 +45,7 @@ from intentrec.models.graph import (
     segment_softmax,
     session_graph,
 )
-from intentrec.models.layers import gather_last, masked_mean, masked_softmax
+from intentrec.models.layers import masked_softmax
 from intentrec.models.registry import register_backbone
 
 if TYPE_CHECKING:
@@ -230,14 +230,19 @@ class GCEGNN(Backbone):
         global_states = self.global_level(graph, embedded, session_mean)
         nodes = self.dropout_local(local_states) + self.dropout_global(global_states)
 
-        clicks = graph.gather_positions(nodes)  # [B, L, d]
+        # The readout runs on the real clicks only, packed ([T, d]); a batch is as wide as its
+        # longest session, so the padded [B, L, d] layout would be mostly padding.
         mask = graph.position_mask
-        positions = reversed_positions(batch.lengths, clicks.shape[1], self.config.max_positions)
-        mixed = torch.tanh(self.position_mix(torch.cat([clicks, self.position(positions)], dim=2)))
-        gate = self.readout_position(mixed) + self.readout_mean(
-            masked_mean(clicks, mask)
-        ).unsqueeze(1)
-        beta = self.readout_score(torch.sigmoid(gate)).squeeze(2) * mask
-        session = torch.einsum("bl,bld->bd", beta, clicks)
-        local = gather_last(clicks, batch.lengths)
+        rows = mask.nonzero()[:, 0]  # session of each real click, in click order
+        clicks = nodes.index_select(0, graph.flat_alias[mask])  # [T, d]
+        positions = reversed_positions(batch.lengths, mask.shape[1], self.config.max_positions)
+        position = self.position(positions[mask])
+        mixed = torch.tanh(self.position_mix(torch.cat([clicks, position], dim=1)))
+        lengths = batch.lengths.clamp(min=1).unsqueeze(1).to(clicks.dtype)
+        totals = clicks.new_zeros(batch.items.shape[0], clicks.shape[1]).index_add_(0, rows, clicks)
+        click_mean = self.readout_mean(totals / lengths)
+        gate = self.readout_position(mixed) + click_mean.index_select(0, rows)
+        beta = self.readout_score(torch.sigmoid(gate))  # [T, 1]
+        session = clicks.new_zeros(totals.shape).index_add_(0, rows, beta * clicks)
+        local = nodes.index_select(0, graph.last_node)
         return BackboneOutput(session=session, vectors={"local": local, "global": session})
