@@ -27,7 +27,6 @@ from intentrec.data.batch import SessionBatch
 from intentrec.models.backbones.srgnn import SRGNN, SRGNN_TRAIN, SRGNNConfig
 from intentrec.models.base import BackboneConfig, BackboneOutput
 from intentrec.models.graph import reversed_positions, session_graph
-from intentrec.models.layers import gather_last
 from intentrec.models.registry import register_backbone
 from intentrec.models.scoring import linear_cross_entropy
 
@@ -67,12 +66,15 @@ class NISER(SRGNN):
         if self.position is None:
             local, global_ = self.attention_readout(graph, states)
         else:
-            width = batch.items.shape[1]
-            positions = reversed_positions(batch.lengths, width, self.config.max_positions)
-            clicks = graph.gather_positions(states) + self.position(positions)
-            local = gather_last(clicks, batch.lengths)
-            alpha = self.attention(clicks, local) * graph.position_mask
-            global_ = torch.einsum("bl,bld->bd", alpha, clicks)
+            # Per click (a node clicked twice gets two position embeddings), packed: [T, d] over
+            # the real clicks in row-major order, so row b's last click is at cumsum(lengths)[b] - 1.
+            mask = graph.position_mask
+            rows = mask.nonzero()[:, 0]
+            positions = reversed_positions(batch.lengths, mask.shape[1], self.config.max_positions)
+            clicks = states.index_select(0, graph.flat_alias[mask]) + self.position(positions[mask])
+            local = clicks.index_select(0, torch.cumsum(batch.lengths, 0) - 1)
+            alpha = self.attention(clicks, local, rows)
+            global_ = local.new_zeros(local.shape).index_add_(0, rows, alpha.unsqueeze(1) * clicks)
         session = F.normalize(self.session_vector(local, global_), dim=1)
         return BackboneOutput(session=session, vectors={"local": local, "global": global_})
 
