@@ -44,17 +44,24 @@ def run_gru(gru: nn.GRU, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.T
     """
     batch, width, _ = inputs.shape
     lengths = lengths.clamp(min=1)
-    parts, rows_in_order = [], []
-    low, high = 0, 8
-    while low < width:
-        rows = torch.nonzero((lengths > low) & (lengths <= high)).squeeze(1)
-        if rows.numel():
-            longest = int(lengths[rows].max())
-            states, _ = gru(inputs[rows, :longest])
+    # Sort the rows by length once, so every group is a contiguous block: slicing blocks (split)
+    # has a cheap backward, where indexing each group out of the batch would make autograd fill a
+    # zero tensor of the whole batch per group.
+    order = torch.argsort(lengths, stable=True)
+    sorted_lengths = lengths.index_select(0, order)
+    limits = [8]
+    while limits[-1] < width:
+        limits.append(2 * limits[-1])
+    bounds = torch.bucketize(sorted_lengths, torch.tensor(limits, device=lengths.device))
+    sizes = torch.bincount(bounds, minlength=len(limits)).tolist()
+    ends = torch.cumsum(torch.tensor(sizes), 0).tolist()
+    parts = []
+    for block, size, end in zip(inputs.index_select(0, order).split(sizes), sizes, ends):
+        if size:
+            longest = int(sorted_lengths[end - 1])
+            states, _ = gru(block[:, :longest])
             parts.append(F.pad(states, (0, 0, 0, width - longest)))
-            rows_in_order.append(rows)
-        low, high = high, 2 * high
-    states = torch.cat(parts)[torch.argsort(torch.cat(rows_in_order))]
+    states = torch.cat(parts).index_select(0, torch.argsort(order))
     valid = torch.arange(width, device=inputs.device)[None, :] < lengths[:, None]
     return states * valid.unsqueeze(2)
 
