@@ -45,7 +45,7 @@ from intentrec.models.graph import (
     segment_softmax,
     session_graph,
 )
-from intentrec.models.layers import masked_softmax
+from intentrec.models.layers import PackedTokens, masked_softmax
 from intentrec.models.registry import register_backbone
 
 if TYPE_CHECKING:
@@ -233,10 +233,11 @@ class GCEGNN(Backbone):
         # The readout runs on the real clicks only, packed ([T, d]); a batch is as wide as its
         # longest session, so the padded [B, L, d] layout would be mostly padding.
         mask = graph.position_mask
-        rows = mask.nonzero()[:, 0]  # session of each real click, in click order
-        clicks = nodes.index_select(0, graph.flat_alias[mask])  # [T, d]
+        packing = PackedTokens(mask)
+        rows = packing.rows  # session of each real click, in click order
+        clicks = nodes.index_select(0, packing.pack(graph.flat_alias))  # [T, d]
         positions = reversed_positions(batch.lengths, mask.shape[1], self.config.max_positions)
-        position = self.position(positions[mask])
+        position = self.position(packing.pack(positions))
         mixed = torch.tanh(self.position_mix(torch.cat([clicks, position], dim=1)))
         lengths = batch.lengths.clamp(min=1).unsqueeze(1).to(clicks.dtype)
         totals = clicks.new_zeros(batch.items.shape[0], clicks.shape[1]).index_add_(0, rows, clicks)

@@ -27,6 +27,7 @@ from intentrec.data.batch import SessionBatch
 from intentrec.models.backbones.srgnn import SRGNN, SRGNN_TRAIN, SRGNNConfig
 from intentrec.models.base import BackboneConfig, BackboneOutput
 from intentrec.models.graph import reversed_positions, session_graph
+from intentrec.models.layers import PackedTokens
 from intentrec.models.registry import register_backbone
 from intentrec.models.scoring import linear_cross_entropy
 
@@ -69,9 +70,11 @@ class NISER(SRGNN):
             # Per click (a node clicked twice gets two position embeddings), packed: [T, d] over
             # the real clicks in row-major order, so row b's last click is at cumsum(lengths)[b] - 1.
             mask = graph.position_mask
-            rows = mask.nonzero()[:, 0]
+            packing = PackedTokens(mask)
+            rows = packing.rows
             positions = reversed_positions(batch.lengths, mask.shape[1], self.config.max_positions)
-            clicks = states.index_select(0, graph.flat_alias[mask]) + self.position(positions[mask])
+            clicks = states.index_select(0, packing.pack(graph.flat_alias))
+            clicks = clicks + self.position(packing.pack(positions))
             local = clicks.index_select(0, torch.cumsum(batch.lengths, 0) - 1)
             alpha = self.attention(clicks, local, rows)
             global_ = local.new_zeros(local.shape).index_add_(0, rows, alpha.unsqueeze(1) * clicks)

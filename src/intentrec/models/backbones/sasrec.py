@@ -23,7 +23,12 @@ from torch import nn
 
 from intentrec.data.batch import SessionBatch
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
-from intentrec.models.layers import dot_product_readout, gather_last, keep_most_recent
+from intentrec.models.layers import (
+    PackedTokens,
+    dot_product_readout,
+    gather_last,
+    keep_most_recent,
+)
 from intentrec.models.registry import register_backbone
 
 
@@ -42,27 +47,6 @@ def window_positions(lengths: torch.Tensor, width: int, max_length: int) -> torc
     """
     steps = torch.arange(width, device=lengths.device).unsqueeze(0)
     return (steps - lengths.unsqueeze(1) + max_length).clamp(0, max_length - 1)
-
-
-class PackedTokens:
-    """Where the real clicks of a right-padded ``[B, W]`` batch sit: ``flat`` indexes ``B * W``.
-
-    Every layer except the attention itself is per token, so it runs on the ``T`` real tokens only
-    (on Beauty T ≈ B · 8.6 while W is often 50): the padded layout exists only inside attention.
-    """
-
-    def __init__(self, mask: torch.Tensor):
-        self.batch, self.width = mask.shape
-        self.flat = mask.reshape(-1).nonzero().squeeze(1)
-
-    def pack(self, values: torch.Tensor) -> torch.Tensor:
-        """``[B, W, ...]`` -> ``[T, ...]``."""
-        return values.reshape(self.batch * self.width, *values.shape[2:]).index_select(0, self.flat)
-
-    def unpack(self, values: torch.Tensor) -> torch.Tensor:
-        """``[T, ...]`` -> ``[B, W, ...]`` with zeros at padding."""
-        out = values.new_zeros(self.batch * self.width, *values.shape[1:])
-        return out.index_copy(0, self.flat, values).view(self.batch, self.width, *values.shape[1:])
 
 
 class CausalSelfAttention(nn.Module):
