@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import resource
 import shlex
 import subprocess
@@ -159,20 +158,6 @@ def run_child(kind: str, data: Path, batches: int | None, args) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
-
-
 def report(results: dict, args, source: str, examples: int, command: str) -> str:
     n_batches = -(-examples // BATCH_SIZE)
     lines = [
@@ -264,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.reference_dir and not (args.reference_dir / "pytorch_code" / "model.py").is_file():
         raise SystemExit(f"{args.reference_dir}/pytorch_code/model.py not found")
 
+    from intentrec.experiments.records import machine
     from intentrec.io import atomic_open
 
     command = "python benchmarks/srgnn_speed.py " + shlex.join(sys.argv[1:])
@@ -276,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     values, offsets, targets = values[take], new_offsets, targets[order]
 
     results: dict = {
-        "machine": machine(),
+        "machine": machine(threads=args.threads),  # the children ran with args.threads
         "num_items": num_items,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()),

@@ -311,3 +311,14 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "unknown key 'seedz'" in proc.stderr and "Traceback" not in proc.stderr
     help_text = _invoke("experiment", "--help").output
     assert "--dry-run" in help_text and "--max-runs" in help_text and "Examples" in help_text
+
+
+def test_machine_names_the_cpu_and_the_threads_the_work_ran_with():
+    import torch
+
+    from intentrec.experiments.records import machine
+
+    assert f"{torch.get_num_threads()} torch threads" in machine()
+    # A parent describing work its child processes did names their thread count, not its own.
+    assert "7 torch threads" in machine(threads=7)
+    assert "logical CPUs" in machine()

@@ -9,6 +9,7 @@ metrics, time and memory, the library version and the machine.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -22,11 +23,26 @@ from intentrec.io import write_json
 _CONFIG_KEYS = ("model", "method", "trainer")
 
 
-def machine() -> str:
-    """CPU (and GPU when one is used), torch threads and versions, for the record."""
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: int | None = None) -> str:
+    """CPU (and GPU when one is used), torch threads and versions, for the record.
+
+    ``threads``: the torch threads the measured work ran with, when that was another process
+    (default: this process's).
+    """
     import torch
 
-    text = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    text = f"{cpu_model()}, {os.cpu_count()} logical CPUs, {threads or torch.get_num_threads()} torch threads"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return f"{text}, torch {torch.__version__}, intentrec {__version__}"
