@@ -203,14 +203,17 @@ def test_tagnn_item_chunks_do_not_change_scores():
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 100])
-def test_tagnn_target_attention_matches_autograd_of_the_formula(chunk):
+@pytest.mark.parametrize("scale", [1.0, 100.0])  # 100: logits too large for the unshifted softmax
+def test_tagnn_target_attention_matches_autograd_of_the_formula(chunk, scale):
     generator = torch.Generator().manual_seed(0)
     owner = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
     counts = torch.tensor([1.0, 2, 1, 1, 1, 1, 3, 1, 1], dtype=torch.double)
     keys, states, items = (
-        torch.randn(rows, 4, dtype=torch.double, generator=generator, requires_grad=True)
+        torch.randn(rows, 4, dtype=torch.double, generator=generator)
         for rows in (9, 9, 7)
     )
+    keys = (keys * scale).requires_grad_()
+    states, items = states.requires_grad_(), items.requires_grad_()
     fused = target_attention(keys, states, items, owner, counts, 3, chunk)
     beta = segment_softmax(keys @ items.t(), owner, 3, counts)
     plain = torch.zeros(3, 7, dtype=torch.double).index_add(0, owner, beta * (states @ items.t()))

@@ -18,6 +18,7 @@ chunks, so memory is ``O(N · chunk)`` for N nodes in the batch, never ``[B, num
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -96,8 +97,14 @@ class _TargetAttention(torch.autograd.Function):
     """``out[b, v] = Σ_j β_{v,j} (h_j · v)`` with ``β_{v,j} = softmax_j(k_j · v)`` over the nodes of
     session ``b`` (node ``j`` weighted by its click count), computed in item chunks.
 
-    Hand-written backward: with ``g = dout[owner]``, ``d(h_j·v) = β g`` and
-    ``d(k_j·v) = β g (h_j·v − out)``. It keeps two ``[N, chunk]`` matrices per chunk (β and h·v),
+    The softmax is normalised after the per-session sums (``out = Σ e·(h·v) / Σ e`` with
+    ``e = count · exp(k·v)``), in ``[B, chunk]`` space rather than per node. Its usual shift by the
+    per-session maximum is skipped when ``max‖k‖ · max‖v‖`` bounds every logit well inside the
+    dtype's exp range (the common case; the shifted path remains for the rest): the softmax is the
+    same function either way.
+
+    Hand-written backward: with ``g = dout[owner] / norm[owner]``, ``d(h_j·v) = e g`` and
+    ``d(k_j·v) = e g (h_j·v − out)``. It keeps two ``[N, chunk]`` matrices per chunk (e and h·v),
     which its backward overwrites in place, where autograd would keep about a dozen and walk them
     op by op. Same values and gradients as the plain autograd version (checked by the tests).
     """
@@ -105,21 +112,28 @@ class _TargetAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, keys, states, items, owner, counts, batch_size: int, chunk: int):
         out = keys.new_empty(batch_size, items.shape[0])
-        weights = counts.unsqueeze(1)
+        weights = counts.unsqueeze(1).to(keys.dtype)
+        bound = keys.norm(dim=1).max() * items.norm(dim=1).max() if keys.numel() else keys.new_zeros(())
+        shift = bool(bound > 0.4 * math.log(torch.finfo(keys.dtype).max))
         ctx.blocks = []
+        product = None
         for start in range(0, items.shape[0], chunk):
             block = items[start : start + chunk]
             logits, values = keys @ block.t(), states @ block.t()  # [N, c]
-            index = owner.unsqueeze(1).expand_as(logits)
-            top = logits.new_full((batch_size, block.shape[0]), float("-inf"))
-            top = top.scatter_reduce(0, index, logits, reduce="amax", include_self=True)
-            beta = logits.sub_(top.index_select(0, owner)).exp_().mul_(weights)
-            norm = beta.new_zeros(top.shape).index_add_(0, owner, beta)
-            beta.div_(norm.index_select(0, owner))
-            out[:, start : start + block.shape[0]] = beta.new_zeros(top.shape).index_add_(
-                0, owner, beta * values
+            if shift:
+                index = owner.unsqueeze(1).expand_as(logits)
+                top = logits.new_full((batch_size, block.shape[0]), float("-inf"))
+                top = top.scatter_reduce(0, index, logits, reduce="amax", include_self=True)
+                logits.sub_(top.index_select(0, owner))
+            weighted = logits.exp_().mul_(weights)  # e, [N, c]
+            norm = weighted.new_zeros(batch_size, block.shape[0]).index_add_(0, owner, weighted)
+            if product is None or product.shape != weighted.shape:
+                product = torch.empty_like(weighted)
+            numerator = norm.new_zeros(norm.shape).index_add_(
+                0, owner, torch.mul(weighted, values, out=product)
             )
-            ctx.blocks.append((beta, values))
+            out[:, start : start + block.shape[0]] = numerator.div_(norm)
+            ctx.blocks.append((weighted, values, norm))
         ctx.save_for_backward(keys, states, items, owner, out)
         ctx.chunk = chunk
         return out
@@ -133,11 +147,12 @@ class _TargetAttention(torch.autograd.Function):
         if ctx.blocks is None:
             raise RuntimeError("TAGNN's target attention supports one backward pass per forward")
         blocks, ctx.blocks = ctx.blocks, None
-        for number, (beta, values) in enumerate(blocks):
+        for number, (weighted, values, norm) in enumerate(blocks):
             start = number * ctx.chunk
-            cols = slice(start, start + beta.shape[1])
+            cols = slice(start, start + weighted.shape[1])
             block = items[cols]
-            grad_values = beta.mul_(grad_out[:, cols].index_select(0, owner))  # d(h_j·v)
+            scaled = grad_out[:, cols] / norm
+            grad_values = weighted.mul_(scaled.index_select(0, owner))  # d(h_j·v) = β g
             grad_logits = values.sub_(out[:, cols].index_select(0, owner)).mul_(grad_values)
             grad_keys.addmm_(grad_logits, block)
             grad_states.addmm_(grad_values, block)
