@@ -12,7 +12,7 @@ from intentrec.config import Config
 _METRIC = re.compile(r"^(HR|MRR|NDCG)@(\d+)$")
 
 #: Fields that may change when a run is resumed (they do not change what is computed).
-RESUMABLE_FIELDS = frozenset({"epochs", "eval_batch_size", "num_threads", "device"})
+RESUMABLE_FIELDS = frozenset({"epochs", "eval_batch_size", "num_threads", "device", "keep_freed_memory"})
 
 
 class TrainerConfig(Config):
@@ -39,6 +39,11 @@ class TrainerConfig(Config):
     eval_batch_size: int = Field(500, ge=1)
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's")
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
+    keep_freed_memory: bool = Field(
+        True,
+        description="keep large freed tensors in the heap between steps (glibc mallopt; "
+        "training.allocator); false leaves malloc alone",
+    )
 
     @field_validator("ks")
     @classmethod

@@ -35,6 +35,7 @@ from intentrec.io import append_jsonl, atomic_open, write_json
 from intentrec.models.base import Backbone, BackboneConfig
 from intentrec.models.methods.base import Method, MethodConfig
 from intentrec.models.methods.registry import build_method_config
+from intentrec.training.allocator import keep_freed_memory
 from intentrec.training.checkpoint import (
     load_training_state,
     load_weights,
@@ -186,6 +187,8 @@ class _Loop:
         self.on_epoch = on_epoch
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
+        if cfg.keep_freed_memory:
+            keep_freed_memory()
         self.device = resolve_device(cfg.device)
 
         self.train_set = dataset.examples("train")
