@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from intentrec.data.batch import SessionBatch
+from intentrec.models.backbones.gru4rec import run_gru
 from intentrec.models.backbones.sasrec import PackedTokens, window_positions
 from intentrec.models.layers import (
     AdditiveAttention,
     dot_product_readout,
     gather_last,
     keep_most_recent,
-    masked_dropout,
     masked_mean,
     masked_softmax,
 )
@@ -217,19 +217,47 @@ def test_additive_attention_on_real_positions_only_equals_the_padded_computation
     assert torch.all(packed[~mask] == 0)
 
 
-def test_masked_dropout_draws_only_on_real_positions():
-    values = torch.ones(4, 6, 8)
-    mask = torch.arange(6).unsqueeze(0) < torch.tensor([[1], [6], [3], [2]])
-    dropout = torch.nn.Dropout(0.5)
-    dropout.eval()
-    assert masked_dropout(values, mask, dropout) is values
-    dropout.train()
+def test_packed_tokens_per_row_helpers_match_the_padded_ones():
+    lengths = torch.tensor([1, 6, 3, 2])
+    mask = torch.arange(6).unsqueeze(0) < lengths.unsqueeze(1)
+    packing = PackedTokens(mask)
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(4, 6, 5, generator=generator)
+    scores = torch.randn(4, 6, generator=generator) * 30  # large: the per-row shift matters
+    assert packing.num_tokens == 12
+    assert packing.lengths.tolist() == [1, 6, 3, 2] and packing.starts.tolist() == [0, 1, 7, 10]
+    torch.testing.assert_close(packing.pack(values).index_select(0, packing.last), gather_last(values, lengths))
+    torch.testing.assert_close(packing.sum_per_row(packing.pack(values)), (values * mask.unsqueeze(2)).sum(1))
+    torch.testing.assert_close(
+        packing.unpack(packing.softmax_per_row(packing.pack(scores))), masked_softmax(scores, mask)
+    )
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_packed_gru_equals_running_each_session_alone(num_layers):
     torch.manual_seed(0)
-    out = masked_dropout(values, mask, dropout)
-    assert torch.all(out[~mask] == 0)
-    kept = out[mask]
-    assert set(kept.unique().tolist()) == {0.0, 2.0}  # dropped, or scaled by 1 / (1 - p)
-    assert 0.3 < (kept == 0).float().mean() < 0.7
+    gru = torch.nn.GRU(4, 3, num_layers=num_layers, batch_first=True)
+    lengths = torch.tensor([5, 1, 40, 9, 17, 8, 2, 33, 16])  # several length groups (≤8, ≤16, ...)
+    mask = torch.arange(int(lengths.max())).unsqueeze(0) < lengths.unsqueeze(1)
+    packing = PackedTokens(mask)
+    inputs = torch.randn(packing.num_tokens, 4, requires_grad=True)
+    states = run_gru(gru, inputs, packing)
+    expected = torch.cat(
+        [gru(inputs[start : start + n].unsqueeze(0))[0].squeeze(0) for start, n in zip(packing.starts.tolist(), lengths.tolist())]
+    )
+    torch.testing.assert_close(states, expected)
+    upstream = torch.randn_like(states)
+    got = torch.autograd.grad(states, (inputs, *gru.parameters()), upstream)
+    want = torch.autograd.grad(expected, (inputs, *gru.parameters()), upstream)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_packed_gru_refuses_empty_sessions():
+    gru = torch.nn.GRU(2, 2, batch_first=True)
+    packing = PackedTokens(torch.tensor([[True, False], [False, False]]))
+    with pytest.raises(ValueError, match="at least one click"):
+        run_gru(gru, torch.randn(1, 2), packing)
 
 
 def test_sasrec_packed_tokens_round_trip():

@@ -32,6 +32,31 @@ class PackedTokens:
         self.batch, self.width = mask.shape
         self.flat = mask.reshape(-1).nonzero().squeeze(1)
         self.rows = self.flat // self.width  # the batch row of each real token
+        # Right padding keeps each row's tokens contiguous and in order: row b is
+        # ``[starts[b], starts[b] + lengths[b])`` of the packed tensor.
+        self.lengths = mask.sum(dim=1)
+        self.starts = torch.cumsum(self.lengths, 0) - self.lengths
+
+    @property
+    def num_tokens(self) -> int:
+        return self.flat.shape[0]
+
+    @property
+    def last(self) -> torch.Tensor:
+        """Packed index of each row's last token ``[B]`` (rows must not be empty)."""
+        return self.starts + self.lengths - 1
+
+    def sum_per_row(self, values: torch.Tensor) -> torch.Tensor:
+        """``[T, ...]`` -> ``[B, ...]``: the sum of each row's tokens."""
+        return values.new_zeros(self.batch, *values.shape[1:]).index_add_(0, self.rows, values)
+
+    def softmax_per_row(self, scores: torch.Tensor) -> torch.Tensor:
+        """Softmax of token scores ``[T]`` within each row (what ``masked_softmax`` gives padded)."""
+        top = scores.new_full((self.batch,), float("-inf")).scatter_reduce(
+            0, self.rows, scores.detach(), reduce="amax"
+        )
+        weights = (scores - top.index_select(0, self.rows)).exp()
+        return weights / self.sum_per_row(weights).index_select(0, self.rows)
 
     def pack(self, values: torch.Tensor) -> torch.Tensor:
         """``[B, W, ...]`` -> ``[T, ...]``."""
@@ -41,18 +66,6 @@ class PackedTokens:
         """``[T, ...]`` -> ``[B, W, ...]`` with zeros at padding."""
         out = values.new_zeros(self.batch * self.width, *values.shape[1:])
         return out.index_copy(0, self.flat, values).view(self.batch, self.width, *values.shape[1:])
-
-
-def masked_dropout(values: torch.Tensor, mask: torch.Tensor, dropout: nn.Dropout) -> torch.Tensor:
-    """``dropout`` applied to the real positions of ``values`` ``[B, L, d]`` only; padding becomes 0.
-
-    The same as dropping out the whole tensor wherever padding is ignored downstream, but the random
-    mask is drawn for the real positions alone (on Beauty batches ~1/10 of ``B · L``).
-    """
-    if not dropout.training or dropout.p == 0.0:
-        return values
-    packing = PackedTokens(mask)
-    return packing.unpack(dropout(packing.pack(values)))
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -133,7 +146,15 @@ class AdditiveAttention(nn.Module):
                 hidden = hidden + proj(query).unsqueeze(1)
             return self.score(self.activation(hidden)).squeeze(-1)
         packing = PackedTokens(mask)
-        hidden = self.key_proj(packing.pack(keys))
+        return packing.unpack(self.packed(packing.pack(keys), queries, packing.rows))
+
+    def packed(
+        self, keys: torch.Tensor, queries: Sequence[torch.Tensor], rows: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores ``[T]`` for packed keys ``[T, d]``; ``rows`` ``[T]`` names each key's session."""
+        if len(queries) != len(self.query_projs):
+            raise ValueError(f"expected {len(self.query_projs)} queries, got {len(queries)}")
+        hidden = self.key_proj(keys)
         for proj, query in zip(self.query_projs, queries, strict=True):
-            hidden = hidden + proj(query).index_select(0, packing.rows)
-        return packing.unpack(self.score(self.activation(hidden)).squeeze(-1))
+            hidden = hidden + proj(query).index_select(0, rows)
+        return self.score(self.activation(hidden)).squeeze(-1)

@@ -21,13 +21,7 @@ from torch import nn
 from intentrec.data.batch import SessionBatch
 from intentrec.models.backbones.gru4rec import run_gru
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
-from intentrec.models.layers import (
-    AdditiveAttention,
-    gather_last,
-    masked_dropout,
-    masked_softmax,
-    weighted_sum,
-)
+from intentrec.models.layers import AdditiveAttention, PackedTokens
 from intentrec.models.registry import register_backbone
 
 
@@ -84,13 +78,14 @@ class NARM(Backbone):
         he_normal(self.bilinear.weight, self.bilinear.in_features)
 
     def encode(self, batch: SessionBatch) -> BackboneOutput:
-        mask = batch.mask
-        inputs = masked_dropout(self.embedding(batch.items), mask, self.embedding_dropout)
-        states = run_gru(self.gru, inputs, batch.lengths)
-        last = gather_last(states, batch.lengths)
+        # Every step runs on the real clicks only (packed tokens; see run_gru).
+        packing = PackedTokens(batch.mask)
+        inputs = self.embedding_dropout(self.embedding(packing.pack(batch.items)))
+        states = run_gru(self.gru, inputs, packing)  # [T, d]
+        last = states.index_select(0, packing.last)
         # The authors normalise the attention scores with a masked softmax (the paper leaves α raw).
-        alpha = masked_softmax(self.attention(states, [last], mask), mask)
-        readout = weighted_sum(alpha, states)
+        alpha = packing.softmax_per_row(self.attention.packed(states, [last], packing.rows))
+        readout = packing.sum_per_row(alpha.unsqueeze(1) * states)
         session = self.bilinear(self.encoder_dropout(torch.cat([last, readout], dim=-1)))
         return BackboneOutput(session=session, vectors={"local": last, "global": readout})
 
