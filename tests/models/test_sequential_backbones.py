@@ -12,6 +12,7 @@ from intentrec.models.backbones.gru4rec import run_gru
 from intentrec.models.backbones.sasrec import PackedTokens, window_positions
 from intentrec.models.layers import (
     AdditiveAttention,
+    LengthGroups,
     dot_product_readout,
     gather_last,
     keep_most_recent,
@@ -241,7 +242,7 @@ def test_packed_gru_equals_running_each_session_alone(num_layers):
     mask = torch.arange(int(lengths.max())).unsqueeze(0) < lengths.unsqueeze(1)
     packing = PackedTokens(mask)
     inputs = torch.randn(packing.num_tokens, 4, requires_grad=True)
-    states = run_gru(gru, inputs, packing)
+    states = run_gru(gru, inputs, LengthGroups(packing))
     expected = torch.cat(
         [gru(inputs[start : start + n].unsqueeze(0))[0].squeeze(0) for start, n in zip(packing.starts.tolist(), lengths.tolist())]
     )
@@ -253,11 +254,10 @@ def test_packed_gru_equals_running_each_session_alone(num_layers):
         torch.testing.assert_close(a, b)
 
 
-def test_packed_gru_refuses_empty_sessions():
-    gru = torch.nn.GRU(2, 2, batch_first=True)
+def test_length_groups_refuse_empty_sessions():
     packing = PackedTokens(torch.tensor([[True, False], [False, False]]))
     with pytest.raises(ValueError, match="at least one click"):
-        run_gru(gru, torch.randn(1, 2), packing)
+        LengthGroups(packing)
 
 
 def test_sasrec_packed_tokens_round_trip():

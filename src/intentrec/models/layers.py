@@ -68,6 +68,59 @@ class PackedTokens:
         return out.index_copy(0, self.flat, values).view(self.batch, self.width, *values.shape[1:])
 
 
+class LengthGroups:
+    """The rows of a packed batch in groups of similar length (≤ 8, ≤ 16, ≤ 32, … clicks), each
+    padded only to its own longest row: ``pad`` gives one ``[rows, longest, ...]`` block per group and
+    ``pack`` takes such blocks back to packed ``[T, ...]`` order.
+
+    Padding slots hold copies of their row's last token, so the blocks suit *causal* layers only
+    (a GRU, causal self-attention): a real position never sees what follows it. Rows are sorted by
+    length once, so each group is a contiguous block and both directions are a single gather.
+    """
+
+    def __init__(self, packing: PackedTokens, first_limit: int = 8):
+        lengths = packing.lengths
+        if bool((lengths < 1).any()):
+            raise ValueError("every session needs at least one click")
+        device = lengths.device
+        order = torch.argsort(lengths, stable=True)
+        sorted_lengths = lengths.index_select(0, order)
+        limits = [first_limit]
+        while limits[-1] < packing.width:
+            limits.append(2 * limits[-1])
+        bounds = torch.bucketize(sorted_lengths, torch.tensor(limits, device=device))
+        self.groups: list[tuple[int, int]] = []  # (rows, longest) per non-empty group
+        gathers, base, begin, offset = [], torch.empty_like(lengths), 0, 0
+        for size in torch.bincount(bounds, minlength=len(limits)).tolist():
+            if not size:
+                continue
+            rows = order[begin : begin + size]
+            longest = int(sorted_lengths[begin + size - 1])
+            steps = torch.arange(longest, device=device).unsqueeze(0)
+            last = lengths.index_select(0, rows).unsqueeze(1) - 1
+            gathers.append((packing.starts.index_select(0, rows).unsqueeze(1) + torch.minimum(steps, last)).reshape(-1))
+            base[rows] = offset + torch.arange(size, device=device) * longest
+            self.groups.append((size, longest))
+            begin, offset = begin + size, offset + size * longest
+        self.gather = torch.cat(gathers)
+        # Token t of row b sits at position t - starts[b] of its row, i.e. at base[b] + that.
+        positions = torch.arange(packing.num_tokens, device=device) - packing.starts.index_select(0, packing.rows)
+        self.scatter = base.index_select(0, packing.rows) + positions
+
+    def pad(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Packed ``[T, ...]`` -> one ``[rows, longest, ...]`` block per group."""
+        blocks = values.index_select(0, self.gather).split([size * longest for size, longest in self.groups])
+        return [
+            block.view(size, longest, *values.shape[1:])
+            for block, (size, longest) in zip(blocks, self.groups, strict=True)
+        ]
+
+    def pack(self, blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The blocks of :meth:`pad` (any trailing shape) -> packed ``[T, ...]``."""
+        flat = torch.cat([block.reshape(-1, *block.shape[2:]) for block in blocks])
+        return flat.index_select(0, self.scatter)
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` ``[B, L, d]`` over real positions -> ``[B, d]``."""
     weights = mask.to(values.dtype)

@@ -21,7 +21,7 @@ from torch import nn
 from intentrec.data.batch import SessionBatch
 from intentrec.models.backbones.gru4rec import run_gru
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
-from intentrec.models.layers import AdditiveAttention, PackedTokens
+from intentrec.models.layers import AdditiveAttention, LengthGroups, PackedTokens
 from intentrec.models.registry import register_backbone
 
 
@@ -81,7 +81,7 @@ class NARM(Backbone):
         # Every step runs on the real clicks only (packed tokens; see run_gru).
         packing = PackedTokens(batch.mask)
         inputs = self.embedding_dropout(self.embedding(packing.pack(batch.items)))
-        states = run_gru(self.gru, inputs, packing)  # [T, d]
+        states = run_gru(self.gru, inputs, LengthGroups(packing))  # [T, d]
         last = states.index_select(0, packing.last)
         # The authors normalise the attention scores with a masked softmax (the paper leaves α raw).
         alpha = packing.softmax_per_row(self.attention.packed(states, [last], packing.rows))

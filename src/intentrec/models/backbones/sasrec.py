@@ -7,7 +7,8 @@ all items from the last position (the SBR-benchmark setting), not the paper's pe
 cross-entropy against one sampled negative.
 
 Every per-token layer runs on the real clicks only (:class:`PackedTokens`); padding exists only
-inside the attention, where the causal mask hides it. Positions follow the authors' left-padded window of ``max_length``: the most recent item always has
+inside the attention, which runs per group of similar-length sessions (:class:`LengthGroups`, each
+padded to its own longest row) and whose causal mask hides it. Positions follow the authors' left-padded window of ``max_length``: the most recent item always has
 position ``max_length - 1``, the one before ``max_length - 2``, and so on, whatever the batch width.
 """
 
@@ -23,12 +24,7 @@ from torch import nn
 
 from intentrec.data.batch import SessionBatch
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
-from intentrec.models.layers import (
-    PackedTokens,
-    dot_product_readout,
-    gather_last,
-    keep_most_recent,
-)
+from intentrec.models.layers import LengthGroups, PackedTokens, keep_most_recent
 from intentrec.models.registry import register_backbone
 
 
@@ -59,21 +55,23 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, tokens: torch.Tensor, packing: PackedTokens) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, groups: LengthGroups) -> torch.Tensor:
         """Packed ``[T, d]`` -> packed ``[T, d]``."""
         d = tokens.shape[1]
-        b, length = packing.batch, packing.width
-        qkv = packing.unpack(self.qkv(tokens)).view(b, length, 3, self.num_heads, d // self.num_heads)
-        q, k, v = qkv.unbind(2)
-        # With right padding a causal mask already hides every pad key from every real query.
-        attended = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=True,
-        )
-        return self.out(packing.pack(attended.transpose(1, 2).reshape(b, length, d)))
+        outputs = []
+        for block in groups.pad(self.qkv(tokens)):  # [rows, longest, 3d] per length group
+            rows, longest = block.shape[:2]
+            q, k, v = block.view(rows, longest, 3, self.num_heads, d // self.num_heads).unbind(2)
+            # Causal: a real query never sees the padding after it (copies of the last click).
+            attended = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=True,
+            )
+            outputs.append(attended.transpose(1, 2).reshape(rows, longest, d))
+        return self.out(groups.pack(outputs))
 
 
 class TransformerBlock(nn.Module):
@@ -87,8 +85,8 @@ class TransformerBlock(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tokens: torch.Tensor, packing: PackedTokens) -> torch.Tensor:
-        tokens = tokens + self.dropout(self.attention(self.attention_norm(tokens), packing))
+    def forward(self, tokens: torch.Tensor, groups: LengthGroups) -> torch.Tensor:
+        tokens = tokens + self.dropout(self.attention(self.attention_norm(tokens), groups))
         return tokens + self.dropout(self.feed_forward(self.feed_forward_norm(tokens)))
 
 
@@ -140,11 +138,14 @@ class SASRec(Backbone):
         positions = window_positions(lengths, items.shape[1], max_length)
         tokens = self.embedding(packing.pack(items)) * math.sqrt(self.dim)
         tokens = self.input_dropout(tokens + self.positions(packing.pack(positions)))
+        groups = LengthGroups(packing)
         for block in self.blocks:
-            tokens = block(tokens, packing)
-        outputs = packing.unpack(self.final_norm(tokens))
-        last = gather_last(outputs, lengths)
-        readout = dot_product_readout(outputs, last, mask)
+            tokens = block(tokens, groups)
+        outputs = self.final_norm(tokens)  # [T, d]
+        last = outputs.index_select(0, packing.last)
+        # Parameter-free readout: softmax over each session's clicks of <output, last> / sqrt(d).
+        scores = (outputs * last.index_select(0, packing.rows)).sum(1) / math.sqrt(self.dim)
+        readout = packing.sum_per_row(packing.softmax_per_row(scores).unsqueeze(1) * outputs)
         return BackboneOutput(session=last, vectors={"local": last, "global": readout})
 
     def item_embeddings(self) -> torch.Tensor:
