@@ -254,6 +254,18 @@ def test_packed_gru_equals_running_each_session_alone(num_layers):
         torch.testing.assert_close(a, b)
 
 
+def test_length_groups_pad_each_group_to_its_own_longest_row_and_pack_back():
+    lengths = torch.tensor([3, 20, 1, 9, 8])
+    packing = PackedTokens(torch.arange(20).unsqueeze(0) < lengths.unsqueeze(1))
+    groups = LengthGroups(packing)
+    values = torch.arange(float(packing.num_tokens)).unsqueeze(1)
+    blocks = groups.pad(values)
+    assert [tuple(b.shape) for b in blocks] == [(3, 8, 1), (1, 9, 1), (1, 20, 1)]  # ≤8, ≤16, ≤32
+    # Row 0 (3 clicks at packed 0..2) is padded with copies of its last click.
+    assert blocks[0][1].squeeze(1).tolist() == [0, 1, 2, 2, 2, 2, 2, 2]
+    torch.testing.assert_close(groups.pack(blocks), values)
+
+
 def test_length_groups_refuse_empty_sessions():
     packing = PackedTokens(torch.tensor([[True, False], [False, False]]))
     with pytest.raises(ValueError, match="at least one click"):
