@@ -25,6 +25,7 @@ from _common import REPO, command_line, machine, prepare_beauty, write_markdown 
 from intentrec.data.dataset import PreparedDataset  # noqa: E402
 from intentrec.models.methods import build_method  # noqa: E402
 from intentrec.models.registry import backbone_class, build_backbone  # noqa: E402
+from intentrec.training.allocator import keep_freed_memory  # noqa: E402
 
 
 def make(name: str, method: str | None, dataset: PreparedDataset, method_config: dict) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -54,8 +55,14 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=None, help="prepared dataset (default: Beauty under runs/)")
     parser.add_argument("--set", action="append", default=[], help="method option key=value")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
+        help="keep freed tensors in the heap, as the trainer does by default",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.malloc_tuning:
+        keep_freed_memory()
     import yaml
 
     method_config = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -112,7 +119,8 @@ def main() -> None:
         "",
         f"**Ratio: {ratio:.3f}×** (goal ≤ 1.3×; the LLM4SBR paper reports 3.7× for its SR-GNN on an A100).",
         "",
-        f"Timed batches: {n} per model, batch size {batch_size}, {args.threads} thread(s).",
+        f"Timed batches: {n} per model, batch size {batch_size}, {args.threads} thread(s); malloc tuning "
+        f"{'on (as in the trainer)' if args.malloc_tuning else 'off'}.",
         "",
     ])
     write_markdown(REPO / "docs" / "results" / "method-cost.md", text)
