@@ -69,6 +69,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "backbone-speed.md"))
+    parser.add_argument(
+        "--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
+        help="keep freed tensors in the heap, as the trainer does by default",
+    )
     args = parser.parse_args()
 
     import torch
@@ -76,6 +80,10 @@ def main() -> None:
     from intentrec.data.dataset import PreparedDataset
 
     torch.set_num_threads(args.threads)
+    if args.malloc_tuning:
+        from intentrec.training.allocator import keep_freed_memory
+
+        keep_freed_memory()
     dataset = PreparedDataset(prepare_beauty(REPO / "runs" / "bench-backbones-beauty"))
     examples = dataset.examples("train")
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -94,7 +102,8 @@ def main() -> None:
         f"{load_before} / {load_after} (other jobs were running when the load is above the threads).",
         f"- Train split of Beauty (`llm4sbr-beauty` protocol): {len(examples):,} examples, "
         f"{dataset.num_items:,} items. Default configs, paper batch sizes, fused Adam; "
-        f"{args.steps} timed steps after 3 warm-up steps, one seeded shuffle.",
+        f"{args.steps} timed steps after 3 warm-up steps, one seeded shuffle; malloc tuning "
+        f"{'on (as in the trainer)' if args.malloc_tuning else 'off'}.",
         "- Projected epoch = ms/step × batches per epoch (training only, no evaluation). Rows are "
         "comparable with each other; absolute times depend on the machine's load.",
         "",
