@@ -114,7 +114,8 @@ class _TargetAttention(torch.autograd.Function):
         out = keys.new_empty(batch_size, items.shape[0])
         weights = counts.unsqueeze(1).to(keys.dtype)
         bound = keys.norm(dim=1).max() * items.norm(dim=1).max() if keys.numel() else keys.new_zeros(())
-        shift = bool(bound > 0.4 * math.log(torch.finfo(keys.dtype).max))
+        # Unshifted, every e = count·exp(logit) and every per-session sum stays far from over- and underflow.
+        shift = bool(bound > 0.75 * math.log(torch.finfo(keys.dtype).max))
         ctx.blocks = []
         product = None
         for start in range(0, items.shape[0], chunk):
