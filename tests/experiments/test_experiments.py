@@ -322,3 +322,15 @@ def test_machine_names_the_cpu_and_the_threads_the_work_ran_with():
     # A parent describing work its child processes did names their thread count, not its own.
     assert "7 torch threads" in machine(threads=7)
     assert "logical CPUs" in machine()
+
+
+def test_runs_that_select_their_last_allowed_epoch_are_marked():
+    from intentrec.experiments.report import CAP_MARK, epochs_cell, hit_epoch_cap
+
+    capped = {"epochs_run": 12, "best_epoch": 12, "config": {"trainer": {"epochs": 12}}}
+    stopped = {"epochs_run": 9, "best_epoch": 6, "config": {"trainer": {"epochs": 12}}}
+    last_but_early = {"epochs_run": 8, "best_epoch": 8, "config": {"trainer": {"epochs": 12}}}
+    assert hit_epoch_cap(capped) and epochs_cell(capped) == f"12(12){CAP_MARK}"
+    assert not hit_epoch_cap(stopped) and epochs_cell(stopped) == "9(6)"
+    assert not hit_epoch_cap(last_but_early)  # cannot happen with patience, but is not the cap
+    assert not hit_epoch_cap({"epochs_run": 3, "best_epoch": 3})  # no config: unknown, unmarked

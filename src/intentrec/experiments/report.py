@@ -23,6 +23,7 @@ from intentrec.io import atomic_open, atomic_path
 
 PAPER_MODE_LABEL = "PAPER MODE"
 NONE_LABEL = "—"
+CAP_MARK = "†"  # the selected epoch was the last one allowed
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -196,12 +197,23 @@ def _table(rows: list[Row], metrics: list[str], top: tuple[str, str] | None, mul
         ]
         if top:
             cells.append(_delta(row, rows, top))
-        cells.append(" ".join(f"{r['epochs_run']}({r['best_epoch']})" for r in row.records))
+        cells.append(" ".join(epochs_cell(r) for r in row.records))
         cells.append(_mean_cell([r.get("train_seconds_per_epoch") for r in row.records], "{:.1f}"))
         rss = [r["peak_rss_mb"] for r in row.records if r.get("peak_rss_mb") is not None]
         cells.append(f"{max(rss):.0f}" if rss else NONE_LABEL)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def hit_epoch_cap(record: dict[str, Any]) -> bool:
+    """The run selected the last epoch it was allowed (``train.epochs``): more might have helped."""
+    cap = ((record.get("config") or {}).get("trainer") or {}).get("epochs")
+    return cap is not None and record.get("best_epoch") == record.get("epochs_run") == cap
+
+
+def epochs_cell(record: dict[str, Any]) -> str:
+    """``run(best)`` epochs, with a dagger when the epoch cap bound (see :func:`hit_epoch_cap`)."""
+    return f"{record['epochs_run']}({record['best_epoch']})" + (CAP_MARK if hit_epoch_cap(record) else "")
 
 
 def baseline_of(row: Row, rows: list[Row]) -> Row | None:
@@ -246,6 +258,11 @@ def _table_notes(rows: list[Row], top: tuple[str, str] | None) -> list[str]:
         "(evaluation excluded), mean over seeds; `peak RSS MB`: maximum over seeds of the training",
         "process's peak, which includes earlier runs made by the same process.",
     ]
+    if any(hit_epoch_cap(r) for row in rows for r in row.records):
+        notes += [
+            f"{CAP_MARK}: the run selected the last epoch it was allowed (`train.epochs`), so the cap",
+            "bound and more epochs might give better numbers for that row.",
+        ]
     if any(r.paper_mode for r in rows):
         notes += [
             "",
