@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from intentrec.models.graph import segment_softmax
+
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Softmax over the positions where ``mask`` is True; rows without any are all zeros."""
@@ -52,11 +54,7 @@ class PackedTokens:
 
     def softmax_per_row(self, scores: torch.Tensor) -> torch.Tensor:
         """Softmax of token scores ``[T]`` within each row (what ``masked_softmax`` gives padded)."""
-        top = scores.new_full((self.batch,), float("-inf")).scatter_reduce(
-            0, self.rows, scores.detach(), reduce="amax"
-        )
-        weights = (scores - top.index_select(0, self.rows)).exp()
-        return weights / self.sum_per_row(weights).index_select(0, self.rows)
+        return segment_softmax(scores, self.rows, self.batch)
 
     def pack(self, values: torch.Tensor) -> torch.Tensor:
         """``[B, W, ...]`` -> ``[T, ...]``."""

@@ -240,10 +240,9 @@ class GCEGNN(Backbone):
         position = self.position(packing.pack(positions))
         mixed = torch.tanh(self.position_mix(torch.cat([clicks, position], dim=1)))
         lengths = batch.lengths.clamp(min=1).unsqueeze(1).to(clicks.dtype)
-        totals = clicks.new_zeros(batch.items.shape[0], clicks.shape[1]).index_add_(0, rows, clicks)
-        click_mean = self.readout_mean(totals / lengths)
+        click_mean = self.readout_mean(packing.sum_per_row(clicks) / lengths)
         gate = self.readout_position(mixed) + click_mean.index_select(0, rows)
         beta = self.readout_score(torch.sigmoid(gate))  # [T, 1]
-        session = clicks.new_zeros(totals.shape).index_add_(0, rows, beta * clicks)
+        session = packing.sum_per_row(beta * clicks)
         local = nodes.index_select(0, graph.last_node)
         return BackboneOutput(session=session, vectors={"local": local, "global": session})

@@ -68,16 +68,15 @@ class NISER(SRGNN):
             local, global_ = self.attention_readout(graph, states)
         else:
             # Per click (a node clicked twice gets two position embeddings), packed: [T, d] over
-            # the real clicks in row-major order, so row b's last click is at cumsum(lengths)[b] - 1.
+            # the real clicks in row-major order.
             mask = graph.position_mask
             packing = PackedTokens(mask)
-            rows = packing.rows
             positions = reversed_positions(batch.lengths, mask.shape[1], self.config.max_positions)
             clicks = states.index_select(0, packing.pack(graph.flat_alias))
             clicks = clicks + self.position(packing.pack(positions))
-            local = clicks.index_select(0, torch.cumsum(batch.lengths, 0) - 1)
-            alpha = self.attention(clicks, local, rows)
-            global_ = local.new_zeros(local.shape).index_add_(0, rows, alpha.unsqueeze(1) * clicks)
+            local = clicks.index_select(0, packing.last)
+            alpha = self.attention(clicks, local, packing.rows)
+            global_ = packing.sum_per_row(alpha.unsqueeze(1) * clicks)
         session = F.normalize(self.session_vector(local, global_), dim=1)
         return BackboneOutput(session=session, vectors={"local": local, "global": global_})
 
