@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from intentrec import training
 from intentrec.cli.main import app
+from intentrec.data.identity import DatasetIdentity
 from intentrec.errors import ConfigError, IntentrecError
 from intentrec.experiments.plan import check_settings, execution_order, expand, make_run_id, select
 from intentrec.experiments.report import mean_std, pct_cell
@@ -236,7 +237,11 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
 
     rec = records[ids[1]]
     manifest_sha = hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
-    assert rec["dataset"] == {"name": "tiny", "path": "data", "manifest_sha256": manifest_sha, "protocol": "test-tiny"}
+    identity = DatasetIdentity.of(data)
+    assert rec["dataset"] == {
+        "name": "tiny", "path": "data", "manifest_sha256": manifest_sha,
+        "fingerprint": identity.fingerprint, "protocol": "test-tiny",
+    }
     assert (rec["backbone"], rec["method"], rec["variant"], rec["seed"]) == (TEST_BACKBONE, None, "default", 1)
     assert rec["settings"]["train"] == {"epochs": 2, "patience": None, "batch_size": 64, "seed": 1}
     assert rec["config"]["trainer"]["num_threads"] == 1
@@ -286,6 +291,24 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
     assert "0 to train now" in out and "trained 0 run(s)" in out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert _records(tmp_path / "out/records") == records
+
+    # the same dataset prepared again (another time, another input folder): the records still count;
+    # a record from before fingerprints falls back to the manifest file's sha256
+    manifest = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps({**manifest, "created": "2030-01-01T00:00:00Z"}))
+    assert DatasetIdentity.of(data).manifest_sha256 != manifest_sha
+    out = _invoke("experiment", "tiny.yaml", "--dry-run").output
+    assert "5 runs — 5 done, 0 to run, 0 stale" in out
+    legacy = tmp_path / "out/records" / f"{ids[1]}.json"
+    old_record = legacy.read_text()
+    legacy.write_text(json.dumps({**rec, "dataset": {k: v for k, v in rec["dataset"].items() if k != "fingerprint"}}))
+    out = _invoke("experiment", "tiny.yaml", "--dry-run").output
+    assert "4 done, 0 to run, 1 stale" in out and "(record has no fingerprint)" in out
+    legacy.write_text(old_record)
+    (data / "manifest.json").write_text(json.dumps({**manifest, "protocol": "another"}))
+    out = _invoke("experiment", "tiny.yaml", "--dry-run").output
+    assert "0 done, 0 to run, 5 stale" in out and "dataset fingerprint" in out
+    (data / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
     # a changed setting makes the records stale: listed, refused, and reported as missing
     _write_experiment(tmp_path, epochs=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -231,10 +232,17 @@ def test_a_file_that_is_not_sqlite_is_a_data_error(tmp_path: Path) -> None:
         AnswerStore(bad)
 
 
-def test_dataset_fingerprint_is_sha256_of_manifest_bytes(tmp_path: Path) -> None:
-    import hashlib
-
-    (tmp_path / "manifest.json").write_bytes(b'{"a": 1}\n')
-    assert dataset_fingerprint(tmp_path) == hashlib.sha256(b'{"a": 1}\n').hexdigest()
+def test_dataset_fingerprint_ignores_when_and_where_the_dataset_was_prepared(tmp_path: Path) -> None:
+    manifest = {"created": "2026-01-01T00:00:00Z", "inputs": [{"path": "/a/x.csv", "sha256": "ab"}], "statistics": {"seconds": 1.0, "items": 3}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    first = dataset_fingerprint(tmp_path)
+    again = {"created": "2027-05-05T00:00:00Z", "inputs": [{"path": "/b/x.csv", "sha256": "ab"}], "statistics": {"seconds": 9.5, "items": 3}}
+    (tmp_path / "manifest.json").write_text(json.dumps(again, indent=2))
+    assert dataset_fingerprint(tmp_path) == first
+    (tmp_path / "manifest.json").write_text(json.dumps({**again, "statistics": {"items": 4}}))
+    assert dataset_fingerprint(tmp_path) != first
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match="manifest"):
+        dataset_fingerprint(tmp_path)
     with pytest.raises(DataError, match="manifest"):
         dataset_fingerprint(tmp_path / "nowhere")

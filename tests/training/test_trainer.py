@@ -51,7 +51,7 @@ def test_train_writes_a_complete_run_folder(tiny_dataset, tmp_path):
     assert config["model"] == {"name": TEST_BACKBONE, "config": {"embedding_dim": 8, "dropout": 0.2}}
     assert config["trainer"]["lr"] == 0.01 and config["trainer"]["batch_size"] == 16  # default_train
     assert config["trainer"]["seed"] == 7  # the caller's values win over default_train
-    assert len(config["dataset"]["manifest_sha256"]) == 64
+    assert len(config["dataset"]["manifest_sha256"]) == len(config["dataset"]["fingerprint"]) == 64
     log = _log(run)
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert {"loss", "lr", "valid", "seconds", "peak_rss_mb", "improved", "best_epoch"} <= set(log[0])
@@ -103,6 +103,25 @@ def test_interrupted_run_resumes_without_duplicate_log_lines(tiny_dataset, tmp_p
     train(tiny_dataset, TEST_BACKBONE, None, FAST_TRAINER, out=run)
     assert [r["epoch"] for r in _log(run)] == [1, 2, 3]
     _assert_same_run(full, run)
+
+
+def test_resume_and_load_accept_the_same_dataset_prepared_again(tmp_path):
+    """A fresh machine prepares the dataset anew (another time, another path): runs go on and load."""
+    data = write_tiny_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    train(data, TEST_BACKBONE, None, {**FAST_TRAINER, "epochs": 2}, out=run)
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    (moved / "manifest.json").write_text(json.dumps({**manifest, "created": "2030-01-01T00:00:00Z"}))
+    resumed = train(moved, TEST_BACKBONE, None, FAST_TRAINER, out=run)
+    assert resumed.epochs_run == FAST_TRAINER["epochs"]
+    assert load_run(run, dataset_dir=moved).dataset.path == moved
+    (moved / "manifest.json").write_text(json.dumps({**manifest, "protocol": "another"}))
+    with pytest.raises(DataError, match="fingerprint mismatch"):
+        load_run(run, dataset_dir=moved)
+    with pytest.raises(IntentrecError, match="dataset differs"):
+        train(moved, TEST_BACKBONE, None, {**FAST_TRAINER, "epochs": 4}, out=run)
 
 
 def test_finished_run_is_returned_without_training_again(tiny_dataset, tmp_path):

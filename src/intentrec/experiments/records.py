@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from intentrec import __version__
+from intentrec.data.identity import DatasetIdentity
 from intentrec.experiments.plan import RunSpec
 from intentrec.io import write_json
 
@@ -64,7 +65,7 @@ def build_record(
     experiment: str,
     dataset_dir: Path,
     manifest: dict[str, Any],
-    manifest_sha256: str,
+    identity: DatasetIdentity,
     command: str,
     wall_seconds: float,
 ) -> dict[str, Any]:
@@ -77,7 +78,8 @@ def build_record(
         "dataset": {
             "name": run.dataset,
             "path": display_path(dataset_dir),
-            "manifest_sha256": manifest_sha256,
+            "manifest_sha256": identity.manifest_sha256,
+            "fingerprint": identity.fingerprint,
             "protocol": manifest.get("protocol"),
         },
         "backbone": run.backbone,

@@ -273,6 +273,12 @@ def _table_notes(rows: list[Row], top: tuple[str, str] | None) -> list[str]:
     return notes
 
 
+def _dataset_id(dataset: dict[str, Any]) -> str:
+    if dataset.get("fingerprint"):
+        return f"fingerprint {dataset['fingerprint'][:12]}…"
+    return f"manifest sha256 {dataset['manifest_sha256'][:12]}…"
+
+
 def _datasets(report: Report) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, ds in report.spec.datasets.items():
@@ -282,14 +288,15 @@ def _datasets(report: Report) -> dict[str, str]:
         if ds.prepare is not None:
             text += f", prepared from `{ds.prepare.source}` `{ds.prepare.path}`"
         protocols = sorted({str(r["dataset"].get("protocol")) for r in recs})
-        shas = sorted({r["dataset"]["manifest_sha256"][:12] for r in recs})
+        # records from before fingerprints name the dataset by its manifest file's sha256 only
+        ids = sorted({_dataset_id(r["dataset"]) for r in recs})
         if protocols:
             text += f", protocol `{', '.join(protocols)}`"
         elif ds.prepare is not None and ds.prepare.protocol:
             text += f", protocol `{ds.prepare.protocol}`"
-        if shas:
-            text += f", manifest sha256 {', '.join(shas)}…"
-            if len(shas) > 1:
+        if ids:
+            text += f", {', '.join(ids)}"
+            if len(ids) > 1:
                 text += " (**records disagree on the dataset**)"
         out[name] = text
     return out

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intentrec.data.identity import DatasetIdentity
 from intentrec.errors import DataError, IntentrecError
 from intentrec.experiments.plan import (
     RunSpec,
@@ -69,7 +70,7 @@ class Experiment:
     spec: ExperimentSpec
     spec_file: str
     runs: list[RunSpec]
-    _shas: dict[str, str | None] = field(default_factory=dict, repr=False)
+    _identities: dict[str, DatasetIdentity | None] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: str | Path) -> Experiment:
@@ -80,28 +81,33 @@ class Experiment:
         record = read_record(run.record_path(self.spec.records_dir))
         status, problems = run_status(run, record)
         if status == "done" and record is not None:
-            current = self._manifest_sha(run.dataset)
-            recorded = (record.get("dataset") or {}).get("manifest_sha256")
-            if current is not None and recorded != current:
+            current = self._identity(run.dataset)
+            recorded = record.get("dataset") or {}
+            if current is not None and not current.matches(recorded):
                 status = "stale"
-                problems = [f"dataset manifest sha256 {str(recorded)[:12]}… → {current[:12]}…"]
+                if recorded.get("fingerprint"):
+                    was, now = recorded["fingerprint"], current.fingerprint
+                    problems = [f"dataset fingerprint {was[:12]}… → {now[:12]}…"]
+                else:
+                    was, now = str(recorded.get("manifest_sha256")), current.manifest_sha256
+                    problems = [f"dataset manifest sha256 {was[:12]}… → {now[:12]}… (record has no fingerprint)"]
         return RunState(run, status, problems, record)
 
     def states(self, runs: list[RunSpec] | None = None) -> list[RunState]:
         return [self.state(run) for run in (self.runs if runs is None else runs)]
 
-    def set_manifest_sha(self, dataset: str, sha: str) -> None:
-        self._shas[dataset] = sha
+    def set_identity(self, dataset: str, identity: DatasetIdentity) -> None:
+        self._identities[dataset] = identity
 
-    def _manifest_sha(self, dataset: str) -> str | None:
-        """The sha256 of the dataset's manifest if the folder is prepared already, else None."""
-        if dataset not in self._shas:
+    def _identity(self, dataset: str) -> DatasetIdentity | None:
+        """The dataset's identity if the folder is prepared already, else None."""
+        if dataset not in self._identities:
             from intentrec.data import schema
-            from intentrec.io import sha256_file
 
-            manifest = self.spec.dataset_dir(dataset) / schema.MANIFEST
-            self._shas[dataset] = sha256_file(manifest) if manifest.is_file() else None
-        return self._shas[dataset]
+            folder = self.spec.dataset_dir(dataset)
+            prepared = (folder / schema.MANIFEST).is_file()
+            self._identities[dataset] = DatasetIdentity.of(folder) if prepared else None
+        return self._identities[dataset]
 
     def report(self) -> Report:
         states = self.states()
@@ -201,8 +207,8 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
         eta = _eta(durations, len(todo) - i + 1, fresh=bool(trained))
         paper = " [PAPER MODE]" if run.paper_mode else ""
         echo(f"[{i}/{len(todo)}] {run.run_id}{paper}: training{eta}")
-        dataset_dir, manifest, sha = datasets.get(run.dataset)
-        experiment.set_manifest_sha(run.dataset, sha)
+        dataset_dir, manifest, identity = datasets.get(run.dataset)
+        experiment.set_identity(run.dataset, identity)
         started = time.perf_counter()
         result = _train(run, spec, dataset_dir, options, command, echo)
         wall = time.perf_counter() - started
@@ -212,7 +218,7 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
             experiment=spec.name,
             dataset_dir=dataset_dir,
             manifest=manifest,
-            manifest_sha256=sha,
+            identity=identity,
             command=command,
             wall_seconds=wall,
         )
@@ -313,14 +319,13 @@ class _Datasets:
         self.spec, self.echo = spec, echo
         self._ready: dict[str, tuple[Path, dict[str, Any], str]] = {}
 
-    def get(self, name: str) -> tuple[Path, dict[str, Any], str]:
+    def get(self, name: str) -> tuple[Path, dict[str, Any], DatasetIdentity]:
         if name not in self._ready:
             self._ready[name] = self._open(name)
         return self._ready[name]
 
-    def _open(self, name: str) -> tuple[Path, dict[str, Any], str]:
+    def _open(self, name: str) -> tuple[Path, dict[str, Any], DatasetIdentity]:
         from intentrec.data.dataset import PreparedDataset
-        from intentrec.training.run import manifest_sha
 
         ds, folder = self.spec.datasets[name], self.spec.dataset_dir(name)
         if ds.prepare is not None:
@@ -333,4 +338,4 @@ class _Datasets:
             if not folder.is_dir():
                 raise DataError(f"dataset '{name}': no such prepared folder (or add 'prepare:')", path=folder)
             dataset = PreparedDataset(folder)
-        return folder, dict(dataset.manifest), manifest_sha(folder)
+        return folder, dict(dataset.manifest), DatasetIdentity.of(folder)

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from intentrec.data.identity import fingerprint
 from intentrec.errors import DataError
 from intentrec.io import atomic_path
 
@@ -76,11 +77,19 @@ def answer_key(
 
 
 def dataset_fingerprint(dataset_dir: str | Path) -> str:
-    """sha256 of the prepared dataset's manifest.json bytes."""
+    """The prepared dataset's content fingerprint (:mod:`intentrec.data.identity`).
+
+    It survives preparing the same files again elsewhere, so answers linked to a dataset's examples on
+    one machine (a GPU box) stay linked to the same dataset prepared on another.
+    """
     manifest = Path(dataset_dir) / "manifest.json"
     if not manifest.is_file():
         raise DataError("not a prepared dataset (no manifest.json)", path=dataset_dir)
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()
+    try:
+        content = json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"manifest is not valid JSON: {exc}", path=manifest) from None
+    return fingerprint(content)
 
 
 @dataclass

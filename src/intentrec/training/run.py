@@ -26,6 +26,7 @@ from intentrec import __version__
 from intentrec.config import deep_merge
 from intentrec.data import schema
 from intentrec.data.dataset import PreparedDataset
+from intentrec.data.identity import DatasetIdentity, fingerprint
 from intentrec.errors import ConfigError, DataError
 from intentrec.io import sha256_file, write_json
 from intentrec.models.base import Backbone, BackboneConfig
@@ -171,6 +172,13 @@ def manifest_sha(dataset_dir: Path) -> str:
     return sha256_file(dataset_dir / schema.MANIFEST)
 
 
+def same_dataset(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether two records' ``dataset`` sections name one dataset (fingerprints where both have one)."""
+    if old.get("fingerprint") and new.get("fingerprint"):
+        return old["fingerprint"] == new["fingerprint"]
+    return old.get("manifest_sha256") == new.get("manifest_sha256")
+
+
 def run_record(
     dataset: PreparedDataset,
     model_name: str,
@@ -184,6 +192,7 @@ def run_record(
         "dataset": {
             "path": str(dataset.path.resolve()),
             "manifest_sha256": manifest_sha(dataset.path),
+            "fingerprint": fingerprint(dataset.manifest),
         },
         "model": {"name": model_name, "config": model_cfg.model_dump(mode="json")},
         "trainer": trainer_cfg.model_dump(mode="json"),
@@ -200,7 +209,7 @@ def run_record(
 def resume_mismatches(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences that forbid resuming ``old`` with the settings of ``new``."""
     problems = []
-    if old["dataset"]["manifest_sha256"] != new["dataset"]["manifest_sha256"]:
+    if not same_dataset(old["dataset"], new["dataset"]):
         problems.append(f"dataset differs ({old['dataset']['path']} → {new['dataset']['path']})")
     if old["model"]["name"] != new["model"]["name"]:
         problems.append(f"model: {old['model']['name']} → {new['model']['name']}")
@@ -278,9 +287,9 @@ def load_run(
             path=data_path,
         )
     dataset = PreparedDataset(data_path)
-    if manifest_sha(data_path) != record["dataset"].get("manifest_sha256"):
+    if not DatasetIdentity.of(data_path).matches(record["dataset"]):
         raise DataError(
-            "dataset differs from the one this run was trained on (manifest sha256 mismatch)",
+            "dataset differs from the one this run was trained on (fingerprint mismatch)",
             path=data_path / schema.MANIFEST,
         )
     cls, model_cfg, trainer_cfg = build_configs(model_name, model_values, trainer_values)
