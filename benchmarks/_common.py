@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -14,7 +15,7 @@ from intentrec.io import atomic_open, write_json
 from intentrec.paths import data_root
 
 __all__ = [
-    "REPO", "command_line", "fmt_pct", "load_records", "machine", "mean_std", "prepare_beauty",
+    "REPO", "add_malloc_tuning_flag", "apply_malloc_tuning", "command_line", "fmt_pct", "load_records", "machine", "mean_std", "prepare_beauty",
     "save_record", "write_markdown",
 ]
 
@@ -26,6 +27,22 @@ def command_line() -> str:
     script = Path(sys.argv[0]).resolve()
     shown = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else sys.argv[0]
     return "python " + shlex.join([shown, *sys.argv[1:]])
+
+
+def add_malloc_tuning_flag(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--malloc-tuning / --no-malloc-tuning`` (default on): measure ours as the trainer runs it."""
+    parser.add_argument(
+        "--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
+        help=help or "keep freed tensors in the heap, as the trainer does by default",
+    )
+
+
+def apply_malloc_tuning(enabled: bool) -> None:
+    """The trainer's glibc tuning (``train.keep_freed_memory``) for this process, when ``enabled``."""
+    if enabled:
+        from intentrec.training.allocator import keep_freed_memory
+
+        keep_freed_memory()
 
 
 def prepare_beauty(work: Path, max_sessions: int | None = None) -> Path:

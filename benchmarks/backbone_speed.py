@@ -18,7 +18,9 @@ import os
 import time
 from datetime import UTC, datetime
 
-from _common import REPO, command_line, machine, prepare_beauty, write_markdown
+from _common import (
+    REPO, add_malloc_tuning_flag, apply_malloc_tuning, command_line, machine, prepare_beauty, write_markdown,
+)
 
 ALL = ["gru4rec", "narm", "stamp", "sasrec", "srgnn", "gcsan", "niser", "tagnn", "gcegnn"]
 
@@ -69,10 +71,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "backbone-speed.md"))
-    parser.add_argument(
-        "--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
-        help="keep freed tensors in the heap, as the trainer does by default",
-    )
+    add_malloc_tuning_flag(parser)
     args = parser.parse_args()
 
     import torch
@@ -80,10 +79,7 @@ def main() -> None:
     from intentrec.data.dataset import PreparedDataset
 
     torch.set_num_threads(args.threads)
-    if args.malloc_tuning:
-        from intentrec.training.allocator import keep_freed_memory
-
-        keep_freed_memory()
+    apply_malloc_tuning(args.malloc_tuning)
     dataset = PreparedDataset(prepare_beauty(REPO / "runs" / "bench-backbones-beauty"))
     examples = dataset.examples("train")
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())

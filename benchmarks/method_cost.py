@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command_line, machine, prepare_beauty, write_markdown  # noqa: E402
+from _common import (  # noqa: E402
+    REPO, add_malloc_tuning_flag, apply_malloc_tuning, command_line, machine, prepare_beauty, write_markdown,
+)
 
 from intentrec.data.dataset import PreparedDataset  # noqa: E402
 from intentrec.models.methods import build_method  # noqa: E402
 from intentrec.models.registry import backbone_class, build_backbone  # noqa: E402
-from intentrec.training.allocator import keep_freed_memory  # noqa: E402
 
 
 def make(name: str, method: str | None, dataset: PreparedDataset, method_config: dict) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -55,14 +56,10 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=None, help="prepared dataset (default: Beauty under runs/)")
     parser.add_argument("--set", action="append", default=[], help="method option key=value")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument(
-        "--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
-        help="keep freed tensors in the heap, as the trainer does by default",
-    )
+    add_malloc_tuning_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.malloc_tuning:
-        keep_freed_memory()
+    apply_malloc_tuning(args.malloc_tuning)
     import yaml
 
     method_config = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}

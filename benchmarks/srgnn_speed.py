@@ -67,13 +67,11 @@ def child_ours(args) -> dict:
     import torch
 
     from intentrec.data.dataset import ExampleSet
+    from _common import apply_malloc_tuning
     from intentrec.models.registry import build_backbone
 
     torch.set_num_threads(args.threads)
-    if args.malloc_tuning:
-        from intentrec.training.allocator import keep_freed_memory
-
-        keep_freed_memory()  # as intentrec train does by default
+    apply_malloc_tuning(args.malloc_tuning)
     data = np.load(args.data, allow_pickle=False)
     examples = ExampleSet(
         "train", np.arange(len(data["targets"])), data["values"], data["offsets"], data["targets"]
@@ -231,6 +229,8 @@ def report(results: dict, args, source: str, examples: int, command: str) -> str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from _common import add_malloc_tuning_flag
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--dataset", type=Path, help="prepared dataset folder (default: prepare llm4sbr-beauty under runs/)"
@@ -241,10 +241,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--adam", choices=("fused", "foreach"), default="fused")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
-        help="ours keeps freed tensors in the heap, as the trainer does (the reference runs as shipped)",
-    )
+    add_malloc_tuning_flag(parser, "ours keeps freed tensors in the heap, as the trainer does (the reference runs as shipped)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "srgnn-speed.md")
     parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)

@@ -13,7 +13,6 @@ from intentrec.models.backbones.sasrec import PackedTokens, window_positions
 from intentrec.models.layers import (
     AdditiveAttention,
     LengthGroups,
-    dot_product_readout,
     gather_last,
     keep_most_recent,
     masked_mean,
@@ -43,14 +42,6 @@ def test_masked_mean_and_gather_last():
     torch.testing.assert_close(masked_mean(values, mask), torch.tensor([[2.0, 3.0], [5.0, 6.0]]))
     last = gather_last(values, torch.tensor([2, 1]))
     torch.testing.assert_close(last, torch.tensor([[3.0, 4.0], [5.0, 6.0]]))
-
-
-def test_dot_product_readout_by_hand():
-    values = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [7.0, 7.0]]])
-    query = torch.tensor([[math.sqrt(2.0) * math.log(3.0) / 2.0, 0.0]])
-    # scores ⟨v_j, q⟩/√2 = [log 3, 0] -> weights [3/4, 1/4] over the two real positions.
-    out = dot_product_readout(values, query, torch.tensor([[True, True, False]]))
-    torch.testing.assert_close(out, torch.tensor([[1.5, 0.5]]))
 
 
 def test_keep_most_recent_truncates_each_row_from_the_left():

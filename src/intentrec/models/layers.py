@@ -6,7 +6,6 @@ on real positions) and is written so that padding never changes a real position'
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -135,14 +134,6 @@ def gather_last(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``values[b, lengths[b] - 1]``: the value at each row's last real position, ``[B, d]``."""
     index = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, values.shape[-1])
     return values.gather(1, index).squeeze(1)
-
-
-def dot_product_readout(
-    values: torch.Tensor, query: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """Parameter-free attention readout: ``softmax_j(⟨v_j, q⟩ / √d)`` weighted sum of ``values``."""
-    scores = torch.einsum("bld,bd->bl", values, query) / math.sqrt(values.shape[-1])
-    return weighted_sum(masked_softmax(scores, mask), values)
 
 
 def keep_most_recent(
