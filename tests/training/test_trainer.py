@@ -105,6 +105,20 @@ def test_interrupted_run_resumes_without_duplicate_log_lines(tiny_dataset, tmp_p
     _assert_same_run(full, run)
 
 
+def test_resume_accepts_an_option_added_since_with_its_default(tiny_dataset, tmp_path):
+    """A run started before a config option existed resumes when the option's default is in force."""
+    run = tmp_path / "run"
+    train(tiny_dataset, TEST_BACKBONE, {"embedding_dim": 8}, {**FAST_TRAINER, "epochs": 2}, out=run)
+    config = json.loads((run / "config.json").read_text())
+    del config["model"]["config"]["dropout"]  # as written before `dropout` existed (default 0.2)
+    (run / "config.json").write_text(json.dumps(config))
+    resumed = train(tiny_dataset, TEST_BACKBONE, {"embedding_dim": 8}, FAST_TRAINER, out=run)
+    assert resumed.epochs_run == FAST_TRAINER["epochs"]
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(IntentrecError, match=r"model\.dropout: 0\.2 → 0\.5"):
+        train(tiny_dataset, TEST_BACKBONE, {"embedding_dim": 8, "dropout": 0.5}, {**FAST_TRAINER, "epochs": 4}, out=run)
+
+
 def test_resume_and_load_accept_the_same_dataset_prepared_again(tmp_path):
     """A fresh machine prepares the dataset anew (another time, another path): runs go on and load."""
     data = write_tiny_dataset(tmp_path / "data")

@@ -216,12 +216,22 @@ def resume_mismatches(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     old_method, new_method = old.get("method") or {}, new.get("method") or {}
     if old_method.get("name") != new_method.get("name"):
         problems.append(f"method: {old_method.get('name')} → {new_method.get('name')}")
+    if old["model"]["name"] != new["model"]["name"] or old_method.get("name") != new_method.get("name"):
+        return problems  # their configs are not comparable
     old_train = TrainerConfig.build(old["trainer"]).resume_key()
     new_train = TrainerConfig.build(new["trainer"]).resume_key()
+    # through the config classes, so an option added since the run started counts with its default
+    model_config = backbone_class(new["model"]["name"]).Config
+    old_model = model_config.build(old["model"]["config"]).model_dump(mode="json")
+    new_model = model_config.build(new["model"]["config"]).model_dump(mode="json")
+    old_method_values, new_method_values = old_method.get("config") or {}, new_method.get("config") or {}
+    if new_method.get("name"):
+        old_method_values = build_method_config(new_method["name"], old_method_values).model_dump(mode="json")
+        new_method_values = build_method_config(new_method["name"], new_method_values).model_dump(mode="json")
     for section, old_values, new_values in (
-        ("model", old["model"]["config"], new["model"]["config"]),
+        ("model", old_model, new_model),
         ("train", old_train, new_train),
-        ("method", old_method.get("config") or {}, new_method.get("config") or {}),
+        ("method", old_method_values, new_method_values),
     ):
         for key in sorted(set(old_values) | set(new_values)):
             if old_values.get(key) != new_values.get(key):
