@@ -6,10 +6,12 @@ import hashlib
 import json
 import shutil
 
+import pytest
 from conftest import fixture_data
 
 from intentrec.data.identity import DatasetIdentity, fingerprint
 from intentrec.data.prepare import prepare_dataset
+from intentrec.errors import DataError
 
 DATA = fixture_data()
 TINY = dict(min_item_support=1, min_session_length=2, test_fraction=0.3, valid_fraction=0.5)
@@ -54,6 +56,12 @@ def test_the_fingerprint_ignores_only_when_how_fast_and_where(tmp_path):
         change(other)
         assert fingerprint(other) != base
     assert fingerprint(manifest) == base  # not mutated
+
+
+def test_a_broken_manifest_is_one_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{truncated")
+    with pytest.raises(DataError, match="manifest is not valid JSON"):
+        DatasetIdentity.of(tmp_path)
 
 
 def test_other_filter_settings_change_the_fingerprint(tmp_path):

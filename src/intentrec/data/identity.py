@@ -8,8 +8,8 @@ manifest: the inputs' sha256 and sizes, source, protocol, parameters, statistics
 library version. Two preparations agree on it exactly when they agree on everything that decides the
 tables' contents.
 
-Records written before fingerprints existed carry only ``manifest_sha256``; :func:`matches` falls back
-to it for them.
+Records written before fingerprints existed carry only ``manifest_sha256``;
+:meth:`DatasetIdentity.matches` falls back to it for them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from intentrec.data import schema
+from intentrec.errors import DataError
 from intentrec.io import sha256_file
 
 # manifest fields that say when, how fast or from which folder a dataset was prepared, not what it is
@@ -56,7 +57,11 @@ class DatasetIdentity:
     @classmethod
     def of(cls, dataset_dir: str | Path) -> DatasetIdentity:
         path = Path(dataset_dir) / schema.MANIFEST
-        return cls(sha256_file(path), fingerprint(json.loads(path.read_text(encoding="utf-8"))))
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"manifest is not valid JSON: {exc}", path=path) from None
+        return cls(sha256_file(path), fingerprint(manifest))
 
     def matches(self, recorded: Mapping[str, Any]) -> bool:
         """Whether a record's ``dataset`` section names this dataset (fingerprint, else manifest sha256)."""

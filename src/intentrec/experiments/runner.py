@@ -317,7 +317,7 @@ class _Datasets:
 
     def __init__(self, spec: ExperimentSpec, echo: Echo):
         self.spec, self.echo = spec, echo
-        self._ready: dict[str, tuple[Path, dict[str, Any], str]] = {}
+        self._ready: dict[str, tuple[Path, dict[str, Any], DatasetIdentity]] = {}
 
     def get(self, name: str) -> tuple[Path, dict[str, Any], DatasetIdentity]:
         if name not in self._ready:
