@@ -15,7 +15,7 @@ from intentrec.io import atomic_open, write_json
 from intentrec.paths import data_root
 
 __all__ = [
-    "REPO", "add_malloc_tuning_flag", "apply_malloc_tuning", "command_line", "fmt_pct", "load_records", "machine", "mean_std", "prepare_beauty",
+    "REPO", "add_malloc_tuning_flag", "apply_malloc_tuning", "beauty_train_examples", "command_line", "fmt_pct", "load_records", "machine", "mean_std", "prepare_beauty",
     "save_record", "write_markdown",
 ]
 
@@ -43,6 +43,18 @@ def apply_malloc_tuning(enabled: bool) -> None:
         from intentrec.training.allocator import keep_freed_memory
 
         keep_freed_memory()
+
+
+def beauty_train_examples(threads: int, malloc_tuning: bool):
+    """Set torch's threads and the trainer's malloc tuning, then open Beauty and its train examples."""
+    import torch
+
+    from intentrec.data.dataset import PreparedDataset
+
+    torch.set_num_threads(threads)
+    apply_malloc_tuning(malloc_tuning)
+    dataset = PreparedDataset(prepare_beauty(REPO / "runs" / "bench-backbones-beauty"))
+    return dataset, dataset.examples("train")
 
 
 def prepare_beauty(work: Path, max_sessions: int | None = None) -> Path:

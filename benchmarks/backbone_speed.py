@@ -18,9 +18,7 @@ import os
 import time
 from datetime import UTC, datetime
 
-from _common import (
-    REPO, add_malloc_tuning_flag, apply_malloc_tuning, command_line, machine, prepare_beauty, write_markdown,
-)
+from _common import REPO, add_malloc_tuning_flag, beauty_train_examples, command_line, machine, write_markdown
 
 ALL = ["gru4rec", "narm", "stamp", "sasrec", "srgnn", "gcsan", "niser", "tagnn", "gcegnn"]
 
@@ -74,14 +72,7 @@ def main() -> None:
     add_malloc_tuning_flag(parser)
     args = parser.parse_args()
 
-    import torch
-
-    from intentrec.data.dataset import PreparedDataset
-
-    torch.set_num_threads(args.threads)
-    apply_malloc_tuning(args.malloc_tuning)
-    dataset = PreparedDataset(prepare_beauty(REPO / "runs" / "bench-backbones-beauty"))
-    examples = dataset.examples("train")
+    dataset, examples = beauty_train_examples(args.threads, args.malloc_tuning)
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     rows = []
     for name in args.models:
