@@ -26,9 +26,9 @@ from intentrec import __version__
 from intentrec.config import deep_merge
 from intentrec.data import schema
 from intentrec.data.dataset import PreparedDataset
-from intentrec.data.identity import DatasetIdentity, fingerprint
+from intentrec.data.identity import DatasetIdentity
 from intentrec.errors import ConfigError, DataError
-from intentrec.io import sha256_file, write_json
+from intentrec.io import write_json
 from intentrec.models.base import Backbone, BackboneConfig
 from intentrec.models.methods.base import Method, MethodConfig
 from intentrec.models.methods.registry import build_method_config, method_class
@@ -168,10 +168,6 @@ def build_configs(
     return cls, model_cfg, trainer_cfg
 
 
-def manifest_sha(dataset_dir: Path) -> str:
-    return sha256_file(dataset_dir / schema.MANIFEST)
-
-
 def same_dataset(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether two records' ``dataset`` sections name one dataset (fingerprints where both have one)."""
     if old.get("fingerprint") and new.get("fingerprint"):
@@ -188,11 +184,12 @@ def run_record(
     method: str | None = None,
     method_cfg: MethodConfig | None = None,
 ) -> dict[str, Any]:
+    identity = DatasetIdentity.of(dataset.path)
     record = {
         "dataset": {
             "path": str(dataset.path.resolve()),
-            "manifest_sha256": manifest_sha(dataset.path),
-            "fingerprint": fingerprint(dataset.manifest),
+            "manifest_sha256": identity.manifest_sha256,
+            "fingerprint": identity.fingerprint,
         },
         "model": {"name": model_name, "config": model_cfg.model_dump(mode="json")},
         "trainer": trainer_cfg.model_dump(mode="json"),
