@@ -1,6 +1,10 @@
-"""Crash-safe file output: write to a temporary file in the same folder, then rename over the target.
+"""Crash-safe file output and folder locks.
 
-A reader never sees a half-written file; a crash leaves the old file (or nothing) in place.
+Output is written to a temporary file in the same folder, then renamed over the target: a reader
+never sees a half-written file; a crash leaves the old file (or nothing) in place. Long jobs that
+write into a shared folder (a training run, a candidate file) hold an exclusive lock on a lock
+file there, so two processes never write the same run at once; the kernel drops the lock when its
+holder exits, kill -9 included, so a crashed job never leaves a stale lock behind.
 """
 
 from __future__ import annotations
@@ -10,9 +14,17 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from intentrec.errors import IntentrecError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks; runs are not guarded there
+    fcntl = None  # type: ignore[assignment]
 
 
 @contextlib.contextmanager
@@ -60,3 +72,41 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(
+    lock_file: str | os.PathLike[str],
+    *,
+    what: str,
+    wait: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` for the block; ``what`` names the guarded thing.
+
+    If another process holds it: with ``wait=False`` raise one clear error naming that process; with
+    ``wait=True`` call ``on_wait(holder)`` and block until it is free. The lock file stays (removing
+    it would let a third process lock a new file while the second still waits on the old one).
+    """
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+", encoding="utf-8") as fh:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                if not wait:
+                    raise IntentrecError(
+                        f"{what} is in use by {holder} (lock file {lock_file}); wait for it to "
+                        "finish, or write somewhere else"
+                    ) from None
+                if on_wait is not None:
+                    on_wait(holder)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+            fh.flush()
+        yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -141,6 +142,32 @@ def test_finished_files_and_runs_are_reused(crossfit):
     }
     assert {r: (Path(i["run_dir"]) / "log.jsonl").read_text() for r, i in shorter.provenance["runs"].items()} == logs
     np.testing.assert_array_equal(_table(shorter.path)["candidates"], _table(result.path)["candidates"][:, :4])
+
+
+def test_a_second_process_waits_for_the_file_then_reuses_it(crossfit, capsys):
+    import threading
+    import time
+
+    from intentrec.io import exclusive_lock
+
+    dataset, result, root = crossfit
+    held = threading.Event()
+
+    def writer():  # stands in for another process that is still writing the file
+        with exclusive_lock(result.path.with_name(result.path.name + ".lock"), what="x"):
+            held.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(5)
+    started = time.perf_counter()
+    again = cross_fit_candidates(dataset.path, model="gcegnn", folds=3, top=12, work_dir=root / "work",
+                                 progress=False, **TINY)
+    waited = time.perf_counter() - started
+    thread.join()
+    assert again.reused and waited >= 0.3
+    assert f"candidates: waiting for pid {os.getpid()}" in capsys.readouterr().err
 
 
 def test_leaky_mode_is_flagged_and_shares_the_all_run(crossfit):

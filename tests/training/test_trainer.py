@@ -164,6 +164,18 @@ def test_resume_with_different_settings_is_refused(tiny_dataset, tmp_path):
     assert len(_log(run)) == 1
 
 
+def test_a_run_folder_in_use_by_another_process_is_refused_untouched(tiny_dataset, tmp_path):
+    from intentrec.io import exclusive_lock
+
+    run = tmp_path / "run"
+    with exclusive_lock(run / ".lock", what="someone else's run"):
+        with pytest.raises(IntentrecError, match=f"run folder {run} is in use by pid"):
+            train(tiny_dataset, TEST_BACKBONE, None, FAST_TRAINER, out=run)
+    assert [p.name for p in run.iterdir()] == [".lock"]  # nothing written
+    train(tiny_dataset, TEST_BACKBONE, None, FAST_TRAINER, out=run)  # free again
+    assert (run / "metrics.json").is_file()
+
+
 def test_early_stopping_stops_after_patience_epochs(tiny_dataset, tmp_path):
     # lr far below float32 resolution: weights never change, so validation never improves
     cfg = {"epochs": 10, "patience": 2, "lr": 1e-12, "num_threads": 1}

@@ -62,7 +62,7 @@ import torch
 from intentrec.data import schema
 from intentrec.data.dataset import ExampleSet, PreparedDataset
 from intentrec.errors import ConfigError, DataError
-from intentrec.io import atomic_path, write_json
+from intentrec.io import atomic_path, exclusive_lock, write_json
 from intentrec.semantic.store import dataset_fingerprint
 
 SEMANTIC_DIR = "semantic"
@@ -243,6 +243,7 @@ def cross_fit_candidates(
     ``model_config``/``trainer_config`` are the backbone and trainer settings of every candidate run
     (the backbone's paper defaults sit under them). ``force`` recomputes the file (finished runs in
     the work folder are still reused). ``on_run(run_id, info)`` is called after each run is scored.
+    A second process asking for the same file waits for the first and then reuses its file.
     """
     from intentrec.training.run import build_configs
 
@@ -272,174 +273,181 @@ def cross_fit_candidates(
     }
     path = Path(out) if out is not None else candidates_path(dataset_dir, model, folds, leaky)
     prov_path = provenance_path(path)
-    if not force and path.is_file() and prov_path.is_file():
-        try:
-            stored = json.loads(prov_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            stored = {}
-        if stored.get("settings") == settings:
-            _say(progress, f"up to date: {path}")
-            return CandidateResult(path, prov_path, stored, reused=True)
+    lock = path.with_name(path.name + ".lock")
 
-    # Runs are keyed by what changes what they compute: dataset, backbone and its config, trainer
-    # settings except the epoch budget (a finished run can extend it; the trainer resumes). The run
-    # on all train examples is shared by every fold count, seed, list length and the leaky mode.
-    run_key = _settings_key({
-        "format": FORMAT, "dataset_fingerprint": fingerprint, "model": model,
-        "model_config": settings["model_config"], "trainer": trainer_cfg.resume_key(),
-    })
-    root = Path(work_dir) if work_dir is not None else default_work_dir(dataset, fingerprint)
-    work = root / f"{model}.{run_key}"
-    fold_work = work / f"folds{folds}.seed{seed}"
-    work.mkdir(parents=True, exist_ok=True)
-    device = str(trainer_cfg.device)
+    def say_waiting(holder: str) -> None:
+        print(f"candidates: waiting for {holder}, which is writing {path}", file=sys.stderr, flush=True)
 
-    # ---- fold assignment by session
-    sessions = pq.read_table(dataset_dir / schema.SESSIONS, columns=["session_index", "split"])
-    session_index = _column(sessions, "session_index", dataset_dir / schema.SESSIONS).astype(np.int64)
-    session_split = _column(sessions, "split", dataset_dir / schema.SESSIONS)
-    train_sessions = np.sort(session_index[session_split == "train"])
-    if not leaky and len(train_sessions) < folds:
-        raise DataError(f"only {len(train_sessions)} train sessions for {folds} folds", path=dataset_dir)
-    examples_table = pq.read_table(dataset_dir / schema.EXAMPLES, columns=["example_id", "split", "session_index"])
-    ex_ids = _column(examples_table, "example_id", dataset_dir / schema.EXAMPLES).astype(np.int64)
-    ex_split = _column(examples_table, "split", dataset_dir / schema.EXAMPLES)
-    ex_session = _column(examples_table, "session_index", dataset_dir / schema.EXAMPLES).astype(np.int64)
+    # A second process asking for the same file waits here, then finds it up to date.
+    with exclusive_lock(lock, what=f"candidate file {path}", wait=True, on_wait=say_waiting):
+        if not force and path.is_file() and prov_path.is_file():
+            try:
+                stored = json.loads(prov_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                stored = {}
+            if stored.get("settings") == settings:
+                _say(progress, f"up to date: {path}")
+                return CandidateResult(path, prov_path, stored, reused=True)
 
-    fold_of_session = assign_folds(train_sessions, folds, seed) if not leaky else np.zeros(len(train_sessions), np.int64)
-    train = dataset.examples("train")
-    if not np.array_equal(train.example_ids, ex_ids[ex_split == "train"]):  # pragma: no cover - same file, same order
-        raise DataError("train examples are not in file order", path=dataset_dir / schema.EXAMPLES)
-    train_session = ex_session[ex_split == "train"]
-    pos = np.clip(np.searchsorted(train_sessions, train_session), 0, max(len(train_sessions) - 1, 0))
-    if len(train_session) and (len(train_sessions) == 0 or np.any(train_sessions[pos] != train_session)):
-        bad = train_session[train_sessions[pos] != train_session][:5] if len(train_sessions) else train_session[:5]
-        raise DataError(
-            f"field 'session_index': train examples of sessions {bad.tolist()} that are not train sessions "
-            f"in {schema.SESSIONS}",
-            path=dataset_dir / schema.EXAMPLES,
-        )
-    train_fold = fold_of_session[pos]
+        # Runs are keyed by what changes what they compute: dataset, backbone and its config, trainer
+        # settings except the epoch budget (a finished run can extend it; the trainer resumes). The run
+        # on all train examples is shared by every fold count, seed, list length and the leaky mode.
+        run_key = _settings_key({
+            "format": FORMAT, "dataset_fingerprint": fingerprint, "model": model,
+            "model_config": settings["model_config"], "trainer": trainer_cfg.resume_key(),
+        })
+        root = Path(work_dir) if work_dir is not None else default_work_dir(dataset, fingerprint)
+        work = root / f"{model}.{run_key}"
+        fold_work = work / f"folds{folds}.seed{seed}"
+        work.mkdir(parents=True, exist_ok=True)
+        device = str(trainer_cfg.device)
 
-    from intentrec.training import load_run
-    from intentrec.training import train as train_run
+        # ---- fold assignment by session
+        sessions = pq.read_table(dataset_dir / schema.SESSIONS, columns=["session_index", "split"])
+        session_index = _column(sessions, "session_index", dataset_dir / schema.SESSIONS).astype(np.int64)
+        session_split = _column(sessions, "split", dataset_dir / schema.SESSIONS)
+        train_sessions = np.sort(session_index[session_split == "train"])
+        if not leaky and len(train_sessions) < folds:
+            raise DataError(f"only {len(train_sessions)} train sessions for {folds} folds", path=dataset_dir)
+        examples_table = pq.read_table(dataset_dir / schema.EXAMPLES, columns=["example_id", "split", "session_index"])
+        ex_ids = _column(examples_table, "example_id", dataset_dir / schema.EXAMPLES).astype(np.int64)
+        ex_split = _column(examples_table, "split", dataset_dir / schema.EXAMPLES)
+        ex_session = _column(examples_table, "session_index", dataset_dir / schema.EXAMPLES).astype(np.int64)
 
-    ids_parts: list[np.ndarray] = []
-    cand_parts: list[np.ndarray] = []
-    fold_parts: list[np.ndarray] = []
-    run_parts: list[np.ndarray] = []
-    runs: dict[str, dict[str, Any]] = {}
-    fold_info: dict[str, dict[str, Any]] = {}
-
-    def fit_and_score(run_id: str, data_dir: Path, to_score: list[ExampleSet], fold: int, trained_on: np.ndarray) -> None:
-        run_started = time.perf_counter()
-        _say(progress, f"{run_id}: training {model} on {data_dir}")
-        run_dir = (fold_work if fold != ALL_FOLD else work) / run_id
-        result = train_run(
-            data_dir, model, model_cfg, trainer_cfg, out=run_dir, progress=progress,
-            command=f"cross_fit_candidates({dataset_dir}, model={model}, folds={folds}, run={run_id})",
-        )
-        trained = load_run(run_dir, device=device)
-        scored: dict[str, int] = {}
-        for examples in to_score:
-            cands = top_candidates(
-                trained.model, examples, top, batch_size=trainer_cfg.eval_batch_size,
-                max_length=trainer_cfg.max_length, device=trained.device,
+        fold_of_session = assign_folds(train_sessions, folds, seed) if not leaky else np.zeros(len(train_sessions), np.int64)
+        train = dataset.examples("train")
+        if not np.array_equal(train.example_ids, ex_ids[ex_split == "train"]):  # pragma: no cover - same file, same order
+            raise DataError("train examples are not in file order", path=dataset_dir / schema.EXAMPLES)
+        train_session = ex_session[ex_split == "train"]
+        pos = np.clip(np.searchsorted(train_sessions, train_session), 0, max(len(train_sessions) - 1, 0))
+        if len(train_session) and (len(train_sessions) == 0 or np.any(train_sessions[pos] != train_session)):
+            bad = train_session[train_sessions[pos] != train_session][:5] if len(train_sessions) else train_session[:5]
+            raise DataError(
+                f"field 'session_index': train examples of sessions {bad.tolist()} that are not train sessions "
+                f"in {schema.SESSIONS}",
+                path=dataset_dir / schema.EXAMPLES,
             )
-            ids_parts.append(examples.example_ids.astype(np.int64))
-            cand_parts.append(cands)
-            fold_parts.append(np.full(len(examples), fold, dtype=np.int32))
-            run_parts.append(np.full(len(examples), run_id, dtype=object))
-            scored[examples.split] = scored.get(examples.split, 0) + len(examples)
-        info = {
-            "run_dir": str(run_dir.resolve()),
-            "dataset_dir": str(data_dir.resolve()),
-            "fold": fold,
-            "trained_on": {
-                "train_sessions": int(len(trained_on)),
-                "train_sessions_sha256": _ids_sha256(trained_on),
-                "train_examples": int(len(trained.dataset.examples("train"))),
-            },
-            "scored": scored,
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "valid": result.valid,
-            "seconds": round(time.perf_counter() - run_started, 3),
-        }
-        runs[run_id] = info
-        if on_run is not None:
-            on_run(run_id, info)
+        train_fold = fold_of_session[pos]
 
-    if not leaky:
-        for f in range(folds):
-            held = train_sessions[fold_of_session == f]
-            kept = train_sessions[fold_of_session != f]
-            derived_info = {
-                "dataset_fingerprint": fingerprint,
-                "dataset_path": str(dataset_dir.resolve()),
-                "purpose": "candidate cross-fitting: train split without the held-out fold's sessions",
-                "fold": f,
-                "folds": folds,
-                "seed": seed,
-                "held_out_train_sessions": int(len(held)),
-                "held_out_sha256": _ids_sha256(held),
-            }
-            data_dir = write_fold_dataset(dataset, fold_work / f"fold-{f}.data", held, derived_info)
-            rows = np.flatnonzero(train_fold == f)
-            fit_and_score(f"fold-{f}", data_dir, [train.subset(rows)], f, kept)
-            fold_info[str(f)] = {
-                "held_out_train_sessions": int(len(held)),
-                "held_out_sha256": _ids_sha256(held),
-                "train_examples_scored": int(len(rows)),
-                "scored_by": f"fold-{f}",
-            }
-    to_score = [dataset.examples(s) for s in ("valid", "test")]
-    if leaky:
-        to_score = [train, *to_score]
-    fit_and_score(ALL_RUN, dataset_dir, to_score, ALL_FOLD, train_sessions)
+        from intentrec.training import load_run
+        from intentrec.training import train as train_run
 
-    ids = np.concatenate(ids_parts)
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]
-    if len(np.unique(ids)) != len(ids):  # pragma: no cover - a bug, never user input
-        raise RuntimeError("an example was scored twice")
-    cands = np.concatenate(cand_parts)[order]
-    width = cands.shape[1]
-    offsets = np.arange(0, (len(ids) + 1) * width, width, dtype=np.int32)
-    table = pa.table(
-        {
-            "example_id": pa.array(ids, pa.int64()),
-            "candidates": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(cands.reshape(-1), pa.int32())),
-            "fold": pa.array(np.concatenate(fold_parts)[order], pa.int32()),
-            "scored_by": pa.array(np.concatenate(run_parts)[order].tolist(), pa.string()),
+        ids_parts: list[np.ndarray] = []
+        cand_parts: list[np.ndarray] = []
+        fold_parts: list[np.ndarray] = []
+        run_parts: list[np.ndarray] = []
+        runs: dict[str, dict[str, Any]] = {}
+        fold_info: dict[str, dict[str, Any]] = {}
+
+        def fit_and_score(run_id: str, data_dir: Path, to_score: list[ExampleSet], fold: int, trained_on: np.ndarray) -> None:
+            run_started = time.perf_counter()
+            _say(progress, f"{run_id}: training {model} on {data_dir}")
+            run_dir = (fold_work if fold != ALL_FOLD else work) / run_id
+            result = train_run(
+                data_dir, model, model_cfg, trainer_cfg, out=run_dir, progress=progress,
+                command=f"cross_fit_candidates({dataset_dir}, model={model}, folds={folds}, run={run_id})",
+            )
+            trained = load_run(run_dir, device=device)
+            scored: dict[str, int] = {}
+            for examples in to_score:
+                cands = top_candidates(
+                    trained.model, examples, top, batch_size=trainer_cfg.eval_batch_size,
+                    max_length=trainer_cfg.max_length, device=trained.device,
+                )
+                ids_parts.append(examples.example_ids.astype(np.int64))
+                cand_parts.append(cands)
+                fold_parts.append(np.full(len(examples), fold, dtype=np.int32))
+                run_parts.append(np.full(len(examples), run_id, dtype=object))
+                scored[examples.split] = scored.get(examples.split, 0) + len(examples)
+            info = {
+                "run_dir": str(run_dir.resolve()),
+                "dataset_dir": str(data_dir.resolve()),
+                "fold": fold,
+                "trained_on": {
+                    "train_sessions": int(len(trained_on)),
+                    "train_sessions_sha256": _ids_sha256(trained_on),
+                    "train_examples": int(len(trained.dataset.examples("train"))),
+                },
+                "scored": scored,
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+                "valid": result.valid,
+                "seconds": round(time.perf_counter() - run_started, 3),
+            }
+            runs[run_id] = info
+            if on_run is not None:
+                on_run(run_id, info)
+
+        if not leaky:
+            for f in range(folds):
+                held = train_sessions[fold_of_session == f]
+                kept = train_sessions[fold_of_session != f]
+                derived_info = {
+                    "dataset_fingerprint": fingerprint,
+                    "dataset_path": str(dataset_dir.resolve()),
+                    "purpose": "candidate cross-fitting: train split without the held-out fold's sessions",
+                    "fold": f,
+                    "folds": folds,
+                    "seed": seed,
+                    "held_out_train_sessions": int(len(held)),
+                    "held_out_sha256": _ids_sha256(held),
+                }
+                data_dir = write_fold_dataset(dataset, fold_work / f"fold-{f}.data", held, derived_info)
+                rows = np.flatnonzero(train_fold == f)
+                fit_and_score(f"fold-{f}", data_dir, [train.subset(rows)], f, kept)
+                fold_info[str(f)] = {
+                    "held_out_train_sessions": int(len(held)),
+                    "held_out_sha256": _ids_sha256(held),
+                    "train_examples_scored": int(len(rows)),
+                    "scored_by": f"fold-{f}",
+                }
+        to_score = [dataset.examples(s) for s in ("valid", "test")]
+        if leaky:
+            to_score = [train, *to_score]
+        fit_and_score(ALL_RUN, dataset_dir, to_score, ALL_FOLD, train_sessions)
+
+        ids = np.concatenate(ids_parts)
+        order = np.argsort(ids, kind="stable")
+        ids = ids[order]
+        if len(np.unique(ids)) != len(ids):  # pragma: no cover - a bug, never user input
+            raise RuntimeError("an example was scored twice")
+        cands = np.concatenate(cand_parts)[order]
+        width = cands.shape[1]
+        offsets = np.arange(0, (len(ids) + 1) * width, width, dtype=np.int32)
+        table = pa.table(
+            {
+                "example_id": pa.array(ids, pa.int64()),
+                "candidates": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(cands.reshape(-1), pa.int32())),
+                "fold": pa.array(np.concatenate(fold_parts)[order], pa.int32()),
+                "scored_by": pa.array(np.concatenate(run_parts)[order].tolist(), pa.string()),
+            }
+        )
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        provenance = {
+            "file": path.name,
+            "settings": settings,
+            "dataset_path": str(dataset_dir.resolve()),
+            "trainer_used": trainer_cfg.model_dump(mode="json"),
+            "work_dir": str(work.resolve()),
+            "leaky": leaky,
+            "rule": (
+                "leaky (the authors' way): every example scored by the model trained on all train examples"
+                if leaky
+                else "cross-fitted: train sessions split into folds (seeded permutation, position mod folds); "
+                "a fold's train examples are scored by a model trained without that fold's sessions; "
+                "valid/test by the model trained on all train examples"
+            ),
+            "candidates_per_example": int(width),
+            "examples": {s: int((ex_split == s).sum()) for s in schema.SPLITS},
+            "folds": fold_info,
+            "runs": runs,
+            "seconds": round(time.perf_counter() - started, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-    )
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    provenance = {
-        "file": path.name,
-        "settings": settings,
-        "dataset_path": str(dataset_dir.resolve()),
-        "trainer_used": trainer_cfg.model_dump(mode="json"),
-        "work_dir": str(work.resolve()),
-        "leaky": leaky,
-        "rule": (
-            "leaky (the authors' way): every example scored by the model trained on all train examples"
-            if leaky
-            else "cross-fitted: train sessions split into folds (seeded permutation, position mod folds); "
-            "a fold's train examples are scored by a model trained without that fold's sessions; "
-            "valid/test by the model trained on all train examples"
-        ),
-        "candidates_per_example": int(width),
-        "examples": {s: int((ex_split == s).sum()) for s in schema.SPLITS},
-        "folds": fold_info,
-        "runs": runs,
-        "seconds": round(time.perf_counter() - started, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json(prov_path, provenance)
-    _say(progress, f"wrote {path} ({len(ids)} examples × {width})")
-    return CandidateResult(path, prov_path, provenance, reused=False)
+        write_json(prov_path, provenance)
+        _say(progress, f"wrote {path} ({len(ids)} examples × {width})")
+        return CandidateResult(path, prov_path, provenance, reused=False)
 
 
 def read_candidates(path: str | Path, example_ids: np.ndarray, *, top: int | None = None) -> np.ndarray:

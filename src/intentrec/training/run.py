@@ -41,6 +41,7 @@ LOG = "log.jsonl"
 BEST = "best.safetensors"
 LAST = "last.safetensors"
 METRICS = "metrics.json"
+LOCK = ".lock"  # held by the process training into the folder (see io.exclusive_lock)
 RUN_FILES = (CONFIG, LOG, BEST, LAST, METRICS)
 
 

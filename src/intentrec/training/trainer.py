@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from intentrec.data.dataset import ExampleSet, PreparedDataset
 from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.evaluation.evaluate import evaluate_model
-from intentrec.io import append_jsonl, atomic_open, write_json
+from intentrec.io import append_jsonl, atomic_open, exclusive_lock, write_json
 from intentrec.models.base import Backbone, BackboneConfig
 from intentrec.models.methods.base import Method, MethodConfig
 from intentrec.models.methods.registry import build_method_config
@@ -44,6 +44,7 @@ from intentrec.training.checkpoint import (
 )
 from intentrec.training.config import TrainerConfig
 from intentrec.training.run import (
+    LOCK,
     RunDir,
     build_configs,
     build_model,
@@ -119,7 +120,23 @@ def train(
     run = RunDir(Path(out))
     method_cfg = build_method_config(method, method_config) if method else None
     record = run_record(dataset, model, model_cfg, cfg, command, method, method_cfg)
+    with exclusive_lock(run.path / LOCK, what=f"run folder {run.path}"):
+        return _train_locked(dataset, cls, model_cfg, cfg, run, record, resume, progress, on_epoch, method, method_cfg)
 
+
+def _train_locked(
+    dataset: PreparedDataset,
+    cls: type[Backbone],
+    model_cfg: BackboneConfig,
+    cfg: TrainerConfig,
+    run: RunDir,
+    record: dict[str, Any],
+    resume: bool,
+    progress: bool | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    method: str | None,
+    method_cfg: MethodConfig | None,
+) -> TrainResult:
     if run.has_run() and resume:
         old = run.read_json("config.json")
         try:
