@@ -29,3 +29,11 @@ class DataError(IntentrecError):
 
 class ConfigError(IntentrecError):
     """An invalid configuration: unknown key, wrong type or out-of-range value."""
+
+
+class InUseError(IntentrecError):
+    """Another process holds the lock on a run folder or output file; ``holder`` names it."""
+
+    def __init__(self, message: str, *, holder: str):
+        super().__init__(message)
+        self.holder = holder

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from intentrec.errors import IntentrecError
+from intentrec.errors import InUseError
 
 try:
     import fcntl
@@ -84,7 +84,7 @@ def exclusive_lock(
 ) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_file`` for the block; ``what`` names the guarded thing.
 
-    If another process holds it: with ``wait=False`` raise one clear error naming that process; with
+    If another process holds it: with ``wait=False`` raise ``InUseError`` naming that process; with
     ``wait=True`` call ``on_wait(holder)`` and block until it is free. The lock file stays (removing
     it would let a third process lock a new file while the second still waits on the old one).
     """
@@ -98,9 +98,10 @@ def exclusive_lock(
                 fh.seek(0)
                 holder = fh.read().strip() or "another process"
                 if not wait:
-                    raise IntentrecError(
+                    raise InUseError(
                         f"{what} is in use by {holder} (lock file {lock_file}); wait for it to "
-                        "finish, or write somewhere else"
+                        "finish, or write somewhere else",
+                        holder=holder,
                     ) from None
                 if on_wait is not None:
                     on_wait(holder)

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -321,6 +322,58 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
     md = (tmp_path / "out/results/tiny.md").read_text()
     assert "No run has finished yet." in md and "(its record has other settings: train.epochs: 2 → 3)" in md
     assert not (tmp_path / "out/results/tiny.png").exists()
+
+
+def _lane_experiment(folder: Path) -> list[str]:
+    spec = {
+        "name": "lanes", "runs_dir": "out/runs", "records_dir": "out/records", "results_dir": "out/results",
+        "datasets": {"tiny": {"path": "data"}}, "seeds": [0, 1, 2, 3],
+        "settings": {"train.epochs": 2, "train.batch_size": 64, "model.embedding_dim": 8},
+        "grids": [{"backbones": [TEST_BACKBONE]}],
+    }
+    (folder / "lanes.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return [f"tiny/{TEST_BACKBONE}/default/s{s}" for s in range(4)]
+
+
+def test_a_run_another_process_is_training_is_skipped_not_trained_twice(tmp_path, monkeypatch):
+    import os
+
+    from intentrec.io import exclusive_lock
+
+    monkeypatch.chdir(tmp_path)
+    write_tiny_dataset(tmp_path / "data")
+    ids = _lane_experiment(tmp_path)
+    busy = tmp_path / "out/runs" / ids[1]
+    with exclusive_lock(busy / ".lock", what="another lane's run"):
+        out = _invoke("experiment", "lanes.yaml", "--threads", "1", "--no-progress").output
+    assert f"[2/4] {ids[1]}: skipped, being trained by pid {os.getpid()} since " in out
+    assert "trained 3 run(s) now; 1 selected run(s) still without a record (1 being trained by another process)" in out
+    assert set(_records(tmp_path / "out/records")) == {ids[0], ids[2], ids[3]}
+    assert sorted(p.name for p in busy.iterdir()) == [".lock", ".runner.lock"]  # nothing trained there
+
+
+def test_two_lanes_share_a_grid_and_train_each_run_once(tmp_path):
+    write_tiny_dataset(tmp_path / "data")
+    ids = _lane_experiment(tmp_path)
+    lane = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import tinyrun; from intentrec.cli.main import app; "
+        "app(['experiment', 'lanes.yaml', '--threads', '1', '--no-progress'])"
+    )
+    helpers = str(Path(__file__).parents[1] / "training")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", lane, helpers], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    finished = [{i for i in ids if f"] {i}: test HR@20" in out} for out in outputs]
+    assert not finished[0] & finished[1] and finished[0] | finished[1] == set(ids), outputs
+    trained = [int(re.search(r"^trained (\d+) run\(s\) now", out, re.M).group(1)) for out in outputs]
+    assert trained == [len(f) for f in finished]
+    assert set(_records(tmp_path / "out/records")) == set(ids)
+    for run_id in ids:  # one lane's epochs only: a second trainer would have appended or rewritten
+        assert len((tmp_path / "out/runs" / run_id / "log.jsonl").read_text().splitlines()) == 2
 
 
 def test_cli_errors_are_one_line(tmp_path):

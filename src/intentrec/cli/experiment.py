@@ -15,6 +15,8 @@ docs/training.md, "Experiments". Run ids look like beauty/srgnn+llm4sbr/wo-au/s0
 record is skipped; an interrupted one resumes from its last epoch, so running the same command
 again continues the grid. Runs go seed by seed. After each run, <results_dir>/<name>.md, .csv and
 .png are rebuilt from the records. Relative paths are relative to the current directory.
+Several processes can work through one grid side by side: each skips the runs another one is
+training (their run folders are locked) or has finished.
 
 [bold]Examples[/bold]
 
@@ -23,6 +25,9 @@ again continues the grid. Runs go seed by seed. After each run, <results_dir>/<n
   intentrec experiment experiments/llm4sbr-beauty.yaml --threads 2 --max-runs 4   [dim](a chunk)[/dim]
 
   intentrec experiment experiments/llm4sbr-beauty.yaml --only 'beauty/srgnn*' --device cuda
+
+  intentrec experiment experiments/llm4sbr-beauty.yaml --threads 1 &
+  intentrec experiment experiments/llm4sbr-beauty.yaml --threads 1   [dim](two lanes, one per core)[/dim]
 
   intentrec experiment experiments/llm4sbr-beauty.yaml --report-only
 """
@@ -68,9 +73,10 @@ def experiment_command(
     else:
         outcome = run_experiment(experiment, options, echo=_echo)
         written = outcome.written
+        busy = f" ({len(outcome.busy)} being trained by another process)" if outcome.busy else ""
         _echo(
             f"trained {len(outcome.trained)} run(s) now; {outcome.remaining} selected run(s) still "
-            "without a record" + (" (run the same command again to continue)" if outcome.remaining else "")
+            f"without a record{busy}" + (" (run the same command again to continue)" if outcome.remaining else "")
         )
     for path in written:
         _echo(f"wrote {path}")

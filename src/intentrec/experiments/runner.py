@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from intentrec.data.identity import DatasetIdentity
-from intentrec.errors import DataError, IntentrecError
+from intentrec.errors import DataError, InUseError, IntentrecError
 from intentrec.experiments.plan import (
     RunSpec,
     Status,
@@ -31,8 +31,10 @@ from intentrec.experiments.plan import (
 from intentrec.experiments.records import build_record, save_record
 from intentrec.experiments.report import Report, write_report
 from intentrec.experiments.spec import ExperimentSpec, load_spec
+from intentrec.io import exclusive_lock
 
 Echo = Callable[[str], None]
+RUNNER_LOCK = ".runner.lock"  # in each run folder, held while a runner trains and records the run
 
 
 @dataclass
@@ -164,6 +166,7 @@ class Outcome:
     trained: list[str]
     remaining: int  # selected runs still without a record
     written: list[Path]
+    busy: list[str] = field(default_factory=list)  # skipped: another process was training them
 
 
 def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = print) -> Outcome:
@@ -203,36 +206,47 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
     durations = [r["seconds_total"] for r in done_before if r.get("seconds_total")]
     trained: list[str] = []
     written: list[Path] = []
+    busy: list[str] = []
     for i, run in enumerate(todo, start=1):
-        eta = _eta(durations, len(todo) - i + 1, fresh=bool(trained))
-        paper = " [PAPER MODE]" if run.paper_mode else ""
-        echo(f"[{i}/{len(todo)}] {run.run_id}{paper}: training{eta}")
-        dataset_dir, manifest, identity = datasets.get(run.dataset)
-        experiment.set_identity(run.dataset, identity)
-        started = time.perf_counter()
-        result = _train(run, spec, dataset_dir, options, command, echo)
-        wall = time.perf_counter() - started
-        record = build_record(
-            run,
-            result,
-            experiment=spec.name,
-            dataset_dir=dataset_dir,
-            manifest=manifest,
-            identity=identity,
-            command=command,
-            wall_seconds=wall,
-        )
-        save_record(run.record_path(spec.records_dir), record)
+        step = f"[{i}/{len(todo)}] {run.run_id}"
+        try:
+            # Several processes may work through one grid side by side. This lock covers the check,
+            # the training and the record, so no run is trained or recorded twice.
+            with exclusive_lock(run.run_dir(spec.runs_dir) / RUNNER_LOCK, what=f"run {run.run_id}"):
+                if experiment.state(run).status == "done":
+                    echo(f"{step}: finished meanwhile by another process")
+                    continue
+                eta = _eta(durations, len(todo) - i + 1, fresh=bool(trained))
+                echo(f"{step}{' [PAPER MODE]' if run.paper_mode else ''}: training{eta}")
+                dataset_dir, manifest, identity = datasets.get(run.dataset)
+                experiment.set_identity(run.dataset, identity)
+                started = time.perf_counter()
+                result = _train(run, spec, dataset_dir, options, command, echo)
+                record = build_record(
+                    run,
+                    result,
+                    experiment=spec.name,
+                    dataset_dir=dataset_dir,
+                    manifest=manifest,
+                    identity=identity,
+                    command=command,
+                    wall_seconds=time.perf_counter() - started,
+                )
+                save_record(run.record_path(spec.records_dir), record)
+        except InUseError as exc:
+            echo(f"{step}: skipped, being trained by {exc.holder}")
+            busy.append(run.run_id)
+            continue
         if not trained:
             durations = []  # from now on, estimate from this session's runs only
         trained.append(run.run_id)
-        durations.append(record.get("seconds_total") or wall)
-        echo(f"[{i}/{len(todo)}] {run.run_id}: {_summary(record)}")
+        durations.append(record.get("seconds_total") or record["wall_seconds"])
+        echo(f"{step}: {_summary(record)}")
         written = write_report(experiment.report())
     if not trained:
         written = write_report(experiment.report())
     remaining = sum(s.status != "done" for s in experiment.states(selected))
-    return Outcome(trained, remaining, written)
+    return Outcome(trained, remaining, written, busy)
 
 
 def report_only(experiment: Experiment) -> tuple[Report, list[Path]]:
