@@ -21,7 +21,7 @@ from intentrec.cli.main import app
 from intentrec.data.identity import DatasetIdentity
 from intentrec.errors import ConfigError, IntentrecError
 from intentrec.experiments.plan import check_settings, execution_order, expand, make_run_id, select
-from intentrec.experiments.report import mean_std, pct_cell
+from intentrec.experiments.report import Row, baseline_of, mean_std, pct_cell
 from intentrec.experiments.spec import build_spec, load_spec
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
@@ -158,8 +158,24 @@ def test_mean_std_and_cells():
     assert pct_cell([0.1, 0.12]) == f"11.00 ± {statistics.stdev([10.0, 12.0]):.2f}"
 
 
+def test_delta_baseline_keeps_the_selection_mode():
+    def row(method, variant, paper=False):
+        return Row("d", "srgnn", method, variant, 0, [{"paper_mode": paper, "seed": 0, "test": {}}])
+
+    alone, alone_paper = row(None, "default"), row(None, "paper-mode", paper=True)
+    wo_au, paper, leaky = row("m", "wo-au"), row("m", "paper-mode", True), row("m", "paper-leaky", True)
+    rows = [alone, alone_paper, wo_au, paper, leaky]
+    assert baseline_of(wo_au, rows) is alone  # no alone row of that variant: the default one
+    assert baseline_of(paper, rows) is alone_paper  # same variant, same selection
+    assert baseline_of(leaky, rows) is alone_paper  # the only paper-mode alone row
+    assert baseline_of(alone, rows) is None
+    # Never across selection modes, and never a guess between several rows.
+    assert baseline_of(leaky, [alone, leaky]) is None
+    assert baseline_of(leaky, [alone, alone_paper, row(None, "other", True), leaky]) is None
+
+
 def test_shipped_experiment_files_expand():
-    for name, count in (("llm4sbr-beauty", 66), ("dmsrec-beauty", 36)):
+    for name, count in (("llm4sbr-beauty", 66), ("dmsrec-beauty", 45)):
         spec = load_spec(REPO / "experiments" / f"{name}.yaml")
         runs = expand(spec)
         assert len(runs) == count and spec.anchors

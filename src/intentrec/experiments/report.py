@@ -217,16 +217,22 @@ def epochs_cell(record: dict[str, Any]) -> str:
 
 
 def baseline_of(row: Row, rows: list[Row]) -> Row | None:
-    """The backbone alone for a method row: same dataset, same variant, else the default variant
-    (only with the same selection mode)."""
+    """The backbone alone for a method row: same dataset, same variant, else the default variant,
+    else the only alone row there is (always with the same selection mode)."""
     if row.method is None:
         return None
-    alone = [r for r in rows if r.method is None and (r.dataset, r.backbone) == (row.dataset, row.backbone)]
-    same = [r for r in alone if r.variant == row.variant]
-    for candidate in same + [r for r in alone if r.variant == "default"]:
-        if candidate.paper_mode == row.paper_mode:
-            return candidate
-    return None
+    alone = [
+        r
+        for r in rows
+        if r.method is None
+        and (r.dataset, r.backbone) == (row.dataset, row.backbone)
+        and r.paper_mode == row.paper_mode
+    ]
+    for variant in (row.variant, "default"):
+        for candidate in alone:
+            if candidate.variant == variant:
+                return candidate
+    return alone[0] if len(alone) == 1 else None
 
 
 def _delta(row: Row, rows: list[Row], top: tuple[str, str]) -> str:
@@ -251,7 +257,8 @@ def _table_notes(rows: list[Row], top: tuple[str, str] | None) -> list[str]:
     if top:
         notes += [
             f"`Δ {top[0]} / {top[1]}`: a method's mean minus its backbone alone (same dataset and",
-            "variant, else the default variant; same selection mode), in percentage points.",
+            "variant, else the default variant, else the only one; same selection mode), in percentage",
+            "points.",
         ]
     notes += [
         "`epochs (best)`: epochs run (selected epoch) per seed; `s/epoch`: training time per epoch",
