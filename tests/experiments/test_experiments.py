@@ -240,7 +240,8 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
     # a first chunk: seed 0 of every row
     monkeypatch.setattr(training, "train", real_train)
     out = _invoke("experiment", "tiny.yaml", "--max-runs", "3", "--threads", "1", "--no-progress").output
-    assert "[1/3]" in out and "[3/3]" in out and "ETA" in out and "epoch   2" in out
+    assert "3 to train now (--max-runs 3 of 5 to do)" in out
+    assert "[1/5]" in out and "[3/5]" in out and "[4/5]" not in out and "ETA" in out and "epoch   2" in out
     assert set(_records(tmp_path / "out/records")) == {ids[0], ids[2], ids[4]}
     md = (tmp_path / "out/results/tiny.md").read_text()
     assert "**Incomplete**: 3 of 5 runs have finished, 2 missing" in md
@@ -366,6 +367,19 @@ def test_a_run_another_process_is_training_is_skipped_not_trained_twice(tmp_path
     assert "trained 3 run(s) now; 1 selected run(s) still without a record (1 being trained by another process)" in out
     assert set(_records(tmp_path / "out/records")) == {ids[0], ids[2], ids[3]}
     assert sorted(p.name for p in busy.iterdir()) == [".lock", ".runner.lock"]  # nothing trained there
+
+
+def test_max_runs_counts_only_runs_trained_here(tmp_path, monkeypatch):
+    from intentrec.io import exclusive_lock
+
+    monkeypatch.chdir(tmp_path)
+    write_tiny_dataset(tmp_path / "data")
+    ids = _lane_experiment(tmp_path)
+    with exclusive_lock(tmp_path / "out/runs" / ids[0] / ".lock", what="another lane's run"):
+        out = _invoke("experiment", "lanes.yaml", "--max-runs", "2", "--threads", "1", "--no-progress").output
+    assert "2 to train now (--max-runs 2 of 4 to do)" in out and f"[1/4] {ids[0]}: skipped" in out
+    assert set(_records(tmp_path / "out/records")) == {ids[1], ids[2]}  # the skip did not use up a slot
+    assert "[4/4]" not in out
 
 
 def test_two_lanes_share_a_grid_and_train_each_run_once(tmp_path):

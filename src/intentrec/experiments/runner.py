@@ -193,12 +193,13 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
         raise IntentrecError(
             f"method(s) {', '.join(blocked)} not available ({reasons}); run the other runs with --only"
         )
-    if options.max_runs is not None:
-        todo = todo[: options.max_runs]
+    # --max-runs counts runs trained here: runs another process holds are skipped, not counted.
+    limit = options.max_runs
+    to_train = len(todo) if limit is None else min(limit, len(todo))
     done_before = [s.record for s in states if s.status == "done" and s.record]
     echo(
         f"experiment {spec.name}: {len(selected)} runs selected, {len(done_before)} done, "
-        f"{len(todo)} to train now"
+        f"{to_train} to train now" + (f" (--max-runs {limit} of {len(todo)} to do)" if to_train < len(todo) else "")
     )
 
     command = options.command(experiment.spec_file)
@@ -208,6 +209,8 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
     written: list[Path] = []
     busy: list[str] = []
     for i, run in enumerate(todo, start=1):
+        if len(trained) >= to_train:
+            break
         step = f"[{i}/{len(todo)}] {run.run_id}"
         try:
             # Several processes may work through one grid side by side. This lock covers the check,
@@ -216,7 +219,7 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
                 if experiment.state(run).status == "done":
                     echo(f"{step}: finished meanwhile by another process")
                     continue
-                eta = _eta(durations, len(todo) - i + 1, fresh=bool(trained))
+                eta = _eta(durations, min(len(todo) - i + 1, to_train - len(trained)), fresh=bool(trained))
                 echo(f"{step}{' [PAPER MODE]' if run.paper_mode else ''}: training{eta}")
                 dataset_dir, manifest, identity = datasets.get(run.dataset)
                 experiment.set_identity(run.dataset, identity)
