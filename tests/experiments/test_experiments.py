@@ -175,7 +175,7 @@ def test_delta_baseline_keeps_the_selection_mode():
 
 
 def test_shipped_experiment_files_expand():
-    for name, count in (("llm4sbr-beauty", 66), ("dmsrec-beauty", 48)):
+    for name, count in (("llm4sbr-beauty", 66), ("dmsrec-beauty", 51)):
         spec = load_spec(REPO / "experiments" / f"{name}.yaml")
         runs = expand(spec)
         assert len(runs) == count and spec.anchors
