@@ -228,11 +228,9 @@ def baseline_of(row: Row, rows: list[Row]) -> Row | None:
         and (r.dataset, r.backbone) == (row.dataset, row.backbone)
         and r.paper_mode == row.paper_mode
     ]
-    for variant in (row.variant, "default"):
-        for candidate in alone:
-            if candidate.variant == variant:
-                return candidate
-    return alone[0] if len(alone) == 1 else None
+    by_variant = {r.variant: r for r in alone}
+    base = by_variant.get(row.variant) or by_variant.get("default")
+    return base or (alone[0] if len(alone) == 1 else None)
 
 
 def _delta(row: Row, rows: list[Row], top: tuple[str, str]) -> str:
