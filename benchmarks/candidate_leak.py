@@ -2,8 +2,8 @@
 
     python benchmarks/candidate_leak.py --models gcegnn srgnn --epochs 3
 
-Builds (or reuses) both candidate files of the Beauty dataset with the same candidate runs: the
-cross-fitted one (each fold's train examples scored by a model trained on the other folds' sessions)
+Builds (or reuses), per candidate model, the candidate files of the Beauty dataset: a cross-fitted
+one per fold count (each fold's train examples scored by a model trained on the other folds' sessions)
 and the leaky one (train examples scored by the model trained on all of them, as the authors did).
 Prints, per split, how often the target is among an example's top-``--top`` candidates, and writes
 ``docs/results/candidate-leak.md``. For GCE-GNN (the method's default candidate model) the settings
@@ -88,6 +88,7 @@ def main() -> None:
         "",
     ]
     write_markdown(REPO / "docs" / "results" / "candidate-leak.md", "\n".join(md))
+
 
 if __name__ == "__main__":
     main()
