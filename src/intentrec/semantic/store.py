@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from intentrec.data.identity import fingerprint
@@ -280,7 +280,3 @@ class AnswerStore:
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
         return len(rows)
-
-
-def record_as_dict(record: AnswerRecord) -> dict:
-    return asdict(record)

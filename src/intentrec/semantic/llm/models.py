@@ -224,8 +224,3 @@ def installed_models() -> dict[str, bool]:
             out[name] = False
     return out
 
-
-def remove_assembled(name: str) -> None:
-    """Delete the assembled copy of a shipped model (it is rebuilt from the packages on next use)."""
-    target = models_dir() / shipped_model(name).filename
-    target.unlink(missing_ok=True)
