@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, command_line, machine, prepare_beauty, write_markdown  # noqa: E402
 
 from intentrec.data.dataset import PreparedDataset  # noqa: E402
-from intentrec.semantic.candidates import cross_fit_candidates  # noqa: E402
+from intentrec.training.candidates import cross_fit_candidates  # noqa: E402
 
 
 def hit_rates(path: Path, dataset: PreparedDataset, top: int) -> dict[str, float]:

@@ -44,7 +44,7 @@ def candidates_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     from intentrec.cli.train import resolve_settings
-    from intentrec.semantic.candidates import cross_fit_candidates
+    from intentrec.training.candidates import cross_fit_candidates
 
     model_values, train_values, method_values = resolve_settings(model, config, set_)
     if method_values:

@@ -126,17 +126,9 @@ def slices_table(sliced: dict[str, dict[str, Any]], keys: list[str]) -> Table:
 
 
 def _epoch_line(console: Console, select_metric: str, paper_mode: bool):
-    def show(record: dict[str, Any]) -> None:
-        split = "test" if paper_mode else "valid"
-        value = record[split][select_metric]
-        mark = "[green]★ best[/green]" if record["improved"] else ""
-        console.print(
-            f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  lr {record['lr']:.2g}  "
-            f"{split} {select_metric} {value:.4f}  {record['seconds']:.1f}s  "
-            f"{record['peak_rss_mb']:.0f}MB {mark}"
-        )
+    from intentrec.training.trainer import epoch_line
 
-    return show
+    return lambda record: console.print(epoch_line(record, (select_metric,), paper_mode), markup=False)
 
 
 def train_command(
@@ -218,38 +210,11 @@ def evaluate_command(
     data: Path | None = typer.Option(None, "--data", help="Dataset folder, if it moved since training."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
 ) -> None:
-    from intentrec.evaluation import rank_examples
-    from intentrec.training import load_run
+    from intentrec.training import evaluate_run, load_run
 
     trained = load_run(run_dir, dataset_dir=data, device=device)
-    cfg = trained.trainer
-    examples = trained.dataset.examples(split.value)
-    if trained.method_config is not None:
-        restrict = bool(getattr(trained.method_config, "restrict_to_covered", False))
-        examples = trained.model.select_examples(examples, restrict=restrict)
-    ranked = rank_examples(
-        trained.model,
-        examples,
-        batch_size=cfg.eval_batch_size,
-        max_length=cfg.max_length,
-        device=trained.device,
-    )
-    if len(ranked.ranks) == 0:
-        raise IntentrecError(f"the {split.value} split of {trained.dataset.path} has no examples")
-    selection = (
-        "checkpoint selected on TEST (paper mode)"
-        if trained.paper_mode
-        else f"checkpoint selected on VALID by {cfg.select_metric}"
-    )
-    report: dict[str, Any] = {
-        "run": str(trained.run.path),
-        "split": split.value,
-        "examples": int(len(ranked.ranks)),
-        "checkpoint": selection,
-        "metrics": ranked.metrics(cfg.ks),
-    }
-    if slices:
-        report["slices"] = ranked.sliced(trained.dataset.train_counts(), cfg.ks)
+    report = evaluate_run(trained, split.value, slices=slices)
+    selection = report["checkpoint"]
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

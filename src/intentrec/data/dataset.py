@@ -151,3 +151,16 @@ def _examples_of(table, split: str) -> ExampleSet:
         offsets=offsets if len(offsets) else np.zeros(1, np.int64),
         targets=np.asarray(sub.column("target").to_numpy(), dtype=np.int32),
     )
+
+
+def all_examples(dataset: PreparedDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """example ids, CSR values and offsets of every example of every split."""
+    ids, values, lengths = [], [], []
+    for split in schema.SPLITS:
+        ex = dataset.examples(split)
+        ids.append(ex.example_ids)
+        values.append(ex.values)
+        lengths.append(ex.lengths)
+    lengths_all = np.concatenate(lengths)
+    offsets = np.concatenate([[0], np.cumsum(lengths_all)]).astype(np.int64)
+    return np.concatenate(ids).astype(np.int64), np.concatenate(values).astype(np.int64), offsets

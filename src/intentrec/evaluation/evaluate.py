@@ -14,7 +14,7 @@ import torch
 from intentrec.data.dataset import ExampleSet
 from intentrec.evaluation.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 from intentrec.evaluation.slices import sliced_metrics
-from intentrec.models.base import Backbone
+from intentrec.models.base import SessionModel
 
 
 @dataclass
@@ -34,7 +34,7 @@ class RankedExamples:
 
 @torch.no_grad()
 def rank_examples(
-    model: Backbone,
+    model: SessionModel,
     examples: ExampleSet,
     *,
     batch_size: int = 500,
@@ -63,7 +63,7 @@ def rank_examples(
 
 
 def evaluate_model(
-    model: Backbone,
+    model: SessionModel,
     examples: ExampleSet,
     *,
     ks: Sequence[int] = DEFAULT_KS,
@@ -75,3 +75,29 @@ def evaluate_model(
         model, examples, batch_size=batch_size, max_length=max_length, device=device
     )
     return ranked.metrics(ks)
+
+
+@torch.no_grad()
+def top_items(
+    model: SessionModel,
+    examples: ExampleSet,
+    top: int,
+    *,
+    batch_size: int = 500,
+    max_length: int | None = None,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Item indices ``[N, top]`` (int32, best first) of ``model``'s highest scores for each example."""
+    was_training = model.training
+    model.eval()
+    parts: list[np.ndarray] = []
+    try:
+        for batch in examples.batches(batch_size, max_length=max_length):
+            scores = model(batch.to(device))
+            k = min(top, scores.shape[1])
+            parts.append((torch.topk(scores, k, dim=1).indices + 1).to(torch.int32).cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not parts:
+        return np.zeros((0, top), dtype=np.int32)
+    return np.concatenate(parts)

@@ -8,7 +8,6 @@ seed by seed (every row gets its first seed before any row gets its second), so 
 
 from __future__ import annotations
 
-import inspect
 import shlex
 import time
 from collections.abc import Callable
@@ -269,9 +268,16 @@ def _train(
         train_values["device"] = options.device
     extra: dict[str, Any] = {}
     if run.method is not None:
-        if "method" not in inspect.signature(training.train).parameters:
-            raise IntentrecError(f"run {run.run_id}: this intentrec's train() does not take a method yet")
         extra.update(method=run.method, method_config=run.settings.get("method", {}))
+        # a candidate file the method declares is built here, before the run (never by the model)
+        from intentrec.training.candidates import build_declared_candidates
+
+        built = build_declared_candidates(
+            dataset_dir, run.backbone, run.settings["model"], run.method, extra["method_config"],
+            threads=options.threads, progress=options.progress,
+        )
+        if built is not None and not built.reused:
+            echo(f"    candidates: wrote {built.path}")
     return training.train(
         dataset_dir,
         run.backbone,
@@ -287,17 +293,9 @@ def _train(
 
 
 def _epoch_line(echo: Echo, paper_mode: bool) -> Callable[[dict[str, Any]], None]:
-    def show(record: dict[str, Any]) -> None:
-        split = "test" if paper_mode or "valid" not in record else "valid"
-        values = record.get(split, {})
-        shown = "  ".join(f"{k} {100 * values[k]:.2f}" for k in ("HR@20", "MRR@20") if k in values)
-        mark = " *" if record.get("improved") else ""
-        echo(
-            f"    epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {split} {shown}  "
-            f"{record['seconds']:.1f}s{mark}"
-        )
+    from intentrec.training.trainer import epoch_line
 
-    return show
+    return lambda record: echo("    " + epoch_line(record, ("HR@20", "MRR@20"), paper_mode))
 
 
 def _summary(record: dict[str, Any]) -> str:

@@ -10,8 +10,7 @@ import torch
 from intentrec.data.batch import SessionBatch
 from intentrec.data.dataset import PreparedDataset
 from intentrec.errors import DataError, IntentrecError
-from intentrec.models.base import Backbone
-from intentrec.models.methods.base import Method
+from intentrec.models.base import SessionModel
 
 
 @dataclass
@@ -46,7 +45,7 @@ def item_columns(dataset: PreparedDataset, item_ids: Sequence[str]) -> list[int]
 
 @torch.no_grad()
 def recommend(
-    model: Backbone | Method,
+    model: SessionModel,
     dataset: PreparedDataset,
     item_ids: Sequence[str],
     k: int = 10,
@@ -66,19 +65,7 @@ def recommend(
         history = history[-max_length:]
     model.eval()
     batch = SessionBatch.from_lists([history]).to(device)
-    if isinstance(model, Method):
-        # A method's stored text features belong to dataset examples; a new session needs its own.
-        features = model.session_features(batch)
-        if features is None:
-            raise IntentrecError(
-                f"this run's method '{model.registry_name}' cannot compute text features for a new "
-                "session (its source needs LLM answers generated per example); only LLM4SBR with "
-                "source=titles serves new sessions"
-            )
-        with model.features_for(features):
-            scores = model(batch)[0].float().cpu()
-    else:
-        scores = model(batch)[0].float().cpu()
+    scores = model.serve_scores(batch)[0].float().cpu()
     scores = torch.nan_to_num(scores, nan=float("-inf"))
     if exclude_seen:
         scores[torch.tensor(columns)] = float("-inf")

@@ -3,6 +3,10 @@
 ``best.safetensors`` holds the model weights. The resume state (``last.safetensors``) is ONE file, so
 weights, optimizer, scheduler, RNG states and trainer bookkeeping can never disagree after a crash:
 tensors go in the tensor section, everything else as JSON in the header metadata.
+
+Both hold what the model's ``checkpoint_state()`` returns: its trainable state. Frozen pretrained
+weights (``frozen_pretrained()``, e.g. a language model's) are not copied; their identity and sha256
+are written in the metadata and must match when the checkpoint is loaded.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch import nn
+
+from intentrec.models.base import SessionModel
 
 from intentrec.errors import DataError
 from intentrec.io import atomic_path
 
 _STATE_KEY = "intentrec_state"
+_FROZEN_KEY = "frozen_pretrained"
 
 
 def _tensor_dict(prefix: str, state: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -46,22 +52,39 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, Any] | None = None) -> None:
+def _frozen(model: SessionModel) -> dict[str, str]:
+    frozen = model.frozen_pretrained()
+    return {_FROZEN_KEY: json.dumps(frozen, sort_keys=True)} if frozen else {}
+
+
+def _check_frozen(model: SessionModel, stored: str | None, path: Path) -> None:
+    expected = model.frozen_pretrained()
+    found = json.loads(stored) if stored else {}
+    if found != expected:
+        raise DataError(
+            f"checkpoint was trained on other frozen pretrained weights: it references {found or 'none'}, "
+            f"the model has {expected or 'none'}",
+            path=path,
+        )
+
+
+def save_weights(path: str | Path, model: SessionModel, metadata: dict[str, Any] | None = None) -> None:
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    _save(Path(path), _tensor_dict("", model.state_dict()), meta)
+    _save(Path(path), _tensor_dict("", model.checkpoint_state()), {**meta, **_frozen(model)})
 
 
-def load_weights(path: str | Path, model: nn.Module) -> dict[str, Any]:
+def load_weights(path: str | Path, model: SessionModel) -> dict[str, Any]:
     """Load weights into ``model``; returns the checkpoint's metadata."""
     path = Path(path)
     tensors, meta = _load(path)
+    _check_frozen(model, meta.pop(_FROZEN_KEY, None), path)
     _load_state_dict(model, tensors, path)
     return {k: json.loads(v) for k, v in meta.items()}
 
 
-def _load_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _load_state_dict(model: SessionModel, tensors: dict[str, torch.Tensor], path: Path) -> None:
     try:
-        model.load_state_dict(tensors)
+        model.load_checkpoint_state(tensors)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise DataError(f"checkpoint does not fit the model in config.json: {first}", path=path) from None
@@ -104,13 +127,13 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) ->
 
 def save_training_state(
     path: str | Path,
-    model: nn.Module,
+    model: SessionModel,
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
     bookkeeping: dict[str, Any],
 ) -> None:
     """Everything needed to continue training exactly where it stopped, in one atomic file."""
-    tensors = _tensor_dict("model/", model.state_dict())
+    tensors = _tensor_dict("model/", model.checkpoint_state())
     opt = optimizer.state_dict()
     scalar_state: dict[str, dict[str, Any]] = {}
     for pid, entry in opt["state"].items():
@@ -127,12 +150,12 @@ def save_training_state(
         "rng": rng_meta,
         "bookkeeping": bookkeeping,
     }
-    _save(Path(path), tensors, {_STATE_KEY: json.dumps(state)})
+    _save(Path(path), tensors, {_STATE_KEY: json.dumps(state), **_frozen(model)})
 
 
 def load_training_state(
     path: str | Path,
-    model: nn.Module,
+    model: SessionModel,
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
 ) -> dict[str, Any]:
@@ -142,6 +165,7 @@ def load_training_state(
     if _STATE_KEY not in meta:
         raise DataError("not an intentrec resume state", path=path)
     state = json.loads(meta[_STATE_KEY])
+    _check_frozen(model, meta.get(_FROZEN_KEY), path)
     _load_state_dict(
         model, {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}, path
     )

@@ -27,11 +27,12 @@ from intentrec.config import deep_merge
 from intentrec.data import schema
 from intentrec.data.dataset import PreparedDataset
 from intentrec.data.identity import DatasetIdentity
-from intentrec.errors import ConfigError, DataError
+from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.io import write_json
-from intentrec.models.base import Backbone, BackboneConfig
-from intentrec.models.methods.base import Method, MethodConfig
-from intentrec.models.methods.registry import build_method_config, method_class
+from intentrec.models.base import Backbone, BackboneConfig, SessionModel
+from intentrec.models.build import build_session_model
+from intentrec.models.methods.base import MethodConfig
+from intentrec.models.methods.registry import build_method_config
 from intentrec.models.registry import backbone_class
 from intentrec.training.checkpoint import load_weights
 from intentrec.training.config import TrainerConfig
@@ -135,20 +136,6 @@ def pop_method_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[
     return rest, method
 
 
-def build_model(
-    cls: type[Backbone],
-    model_cfg: BackboneConfig,
-    num_items: int,
-    method: str | None = None,
-    method_cfg: MethodConfig | None = None,
-) -> Backbone | Method:
-    """The backbone, wrapped by ``method`` when one is given. Not yet prepared on a dataset."""
-    backbone = cls(num_items, model_cfg)
-    if method is None:
-        return backbone
-    return method_class(method)(backbone, build_method_config(method, method_cfg))
-
-
 def build_configs(
     model_name: str,
     model_config: dict[str, Any] | BackboneConfig | None,
@@ -163,7 +150,7 @@ def build_configs(
     if isinstance(trainer_config, TrainerConfig):
         trainer_cfg = trainer_config
     else:
-        defaults = dict(getattr(cls, "default_train", {}) or {})
+        defaults = dict(cls.default_train)
         merged = deep_merge(defaults, trainer_config or {})
         trainer_cfg = TrainerConfig.build(merged, where="trainer config")
     return cls, model_cfg, trainer_cfg
@@ -257,7 +244,7 @@ class TrainedRun:
     run: RunDir
     record: dict[str, Any]
     dataset: PreparedDataset
-    model: Backbone | Method
+    model: SessionModel
     trainer: TrainerConfig
     device: torch.device
     method_config: MethodConfig | None = None
@@ -304,10 +291,37 @@ def load_run(
     method = (record.get("method") or {}).get("name")
     method_cfg = build_method_config(method, record["method"]["config"]) if method else None
     dev = resolve_device(device)
-    model = build_model(cls, model_cfg, dataset.num_items, method, method_cfg)
+    model = build_session_model(model_name, model_cfg, dataset.num_items, method, method_cfg)
     model.prepare(dataset)
     if not run.best.is_file():
         raise DataError(f"{BEST} is missing; the run has not completed an epoch", path=run.path)
     load_weights(run.best, model)
     model.to(dev).eval()
     return TrainedRun(run, record, dataset, model, trainer_cfg, dev, method_cfg)
+
+
+def evaluate_run(trained: TrainedRun, split: str, *, slices: bool = False) -> dict[str, Any]:
+    """Metrics of a loaded run's best checkpoint on ``split`` (exact full ranking), as a JSON-ready dict."""
+    from intentrec.evaluation import rank_examples
+
+    cfg = trained.trainer
+    examples = trained.model.select_examples(trained.dataset.examples(split))
+    ranked = rank_examples(
+        trained.model, examples, batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=trained.device
+    )
+    if len(ranked.ranks) == 0:
+        raise IntentrecError(f"the {split} split of {trained.dataset.path} has no examples")
+    report: dict[str, Any] = {
+        "run": str(trained.run.path),
+        "split": split,
+        "examples": int(len(ranked.ranks)),
+        "checkpoint": (
+            "checkpoint selected on TEST (paper mode)"
+            if trained.paper_mode
+            else f"checkpoint selected on VALID by {cfg.select_metric}"
+        ),
+        "metrics": ranked.metrics(cfg.ks),
+    }
+    if slices:
+        report["slices"] = ranked.sliced(trained.dataset.train_counts(), cfg.ks)
+    return report

@@ -32,8 +32,9 @@ from intentrec.data.dataset import ExampleSet, PreparedDataset
 from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.evaluation.evaluate import evaluate_model
 from intentrec.io import append_jsonl, atomic_open, exclusive_lock, write_json
-from intentrec.models.base import Backbone, BackboneConfig
-from intentrec.models.methods.base import Method, MethodConfig
+from intentrec.models.base import BackboneConfig
+from intentrec.models.build import build_session_model
+from intentrec.models.methods.base import MethodConfig
 from intentrec.models.methods.registry import build_method_config
 from intentrec.training.allocator import keep_freed_memory
 from intentrec.training.checkpoint import (
@@ -47,7 +48,6 @@ from intentrec.training.run import (
     LOCK,
     RunDir,
     build_configs,
-    build_model,
     resolve_device,
     resume_mismatches,
     run_record,
@@ -116,17 +116,17 @@ def train(
     in a registered method (e.g. ``"llm4sbr"``) configured by ``method_config``.
     """
     dataset = PreparedDataset(dataset_dir)
-    cls, model_cfg, cfg = build_configs(model, model_config, trainer_config)
+    _, model_cfg, cfg = build_configs(model, model_config, trainer_config)
     run = RunDir(Path(out))
     method_cfg = build_method_config(method, method_config) if method else None
     record = run_record(dataset, model, model_cfg, cfg, command, method, method_cfg)
     with exclusive_lock(run.path / LOCK, what=f"run folder {run.path}"):
-        return _train_locked(dataset, cls, model_cfg, cfg, run, record, resume, progress, on_epoch, method, method_cfg)
+        return _train_locked(dataset, model, model_cfg, cfg, run, record, resume, progress, on_epoch, method, method_cfg)
 
 
 def _train_locked(
     dataset: PreparedDataset,
-    cls: type[Backbone],
+    backbone: str,
     model_cfg: BackboneConfig,
     cfg: TrainerConfig,
     run: RunDir,
@@ -159,7 +159,7 @@ def _train_locked(
     run.metrics.unlink(missing_ok=True)  # a stale metrics.json must never outlive new epochs
     write_record(run, record)
 
-    loop = _Loop(dataset, cls, model_cfg, cfg, run, progress, on_epoch, method, method_cfg)
+    loop = _Loop(dataset, backbone, model_cfg, cfg, run, progress, on_epoch, method, method_cfg)
     return loop.run(resume=resume)
 
 
@@ -190,7 +190,7 @@ class _Loop:
     def __init__(
         self,
         dataset: PreparedDataset,
-        cls: type[Backbone],
+        backbone: str,
         model_cfg: BackboneConfig,
         cfg: TrainerConfig,
         run: RunDir,
@@ -223,36 +223,26 @@ class _Loop:
             )
 
         seed_everything(cfg.seed)
-        self.model = build_model(cls, model_cfg, dataset.num_items, method, method_cfg)
+        self.model = build_session_model(backbone, model_cfg, dataset.num_items, method, method_cfg)
         self.model.prepare(dataset)
         self.model.to(self.device)
-        # A method may lack text features for some examples (an LLM stage that did not reach them):
-        # it either refuses, or (restrict_to_covered) the run uses only the covered examples.
+        # A model may lack features for some examples (an LLM stage that did not reach them): it
+        # either refuses, or (a method's restrict_to_covered) the run uses only the covered examples.
+        full = {s.split: len(s) for s in (self.train_set, self.valid_set, self.test_set)}
+        self.train_set, self.valid_set, self.test_set = (
+            self.model.select_examples(s) for s in (self.train_set, self.valid_set, self.test_set)
+        )
+        info = self.model.run_info()
         self.semantic: dict[str, Any] | None = None
-        if isinstance(self.model, Method):
-            restrict = bool(getattr(method_cfg, "restrict_to_covered", False))
-            full = {s.split: len(s) for s in (self.train_set, self.valid_set, self.test_set)}
-            self.train_set, self.valid_set, self.test_set = (
-                self.model.select_examples(s, restrict=restrict)
-                for s in (self.train_set, self.valid_set, self.test_set)
-            )
+        if info is not None:
             self.semantic = {
-                **self.model.semantic_info(),
+                **info,
                 "examples_used": {s.split: len(s) for s in (self.train_set, self.valid_set, self.test_set)},
                 "examples_total": full,
             }
-        self.trains = bool(getattr(self.model, "trains", True))
-        # fused Adam: one kernel per step instead of several per parameter (measurably faster on CPU)
-        self.optimizer = torch.optim.Adam(
-            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.l2, fused=self.device.type in ("cpu", "cuda")
-        )
-        self.scheduler = (
-            torch.optim.lr_scheduler.StepLR(
-                self.optimizer, step_size=cfg.lr_decay_step, gamma=cfg.lr_decay_gamma
-            )
-            if cfg.lr_decay_step
-            else None
-        )
+        self.trains = self.model.needs().trains
+        plan = self.model.training_plan(cfg, self.device)
+        self.optimizer, self.scheduler, self.accumulate = plan.optimizer, plan.scheduler, plan.accumulate
         self.state: dict[str, Any] = {
             "epoch": 0,
             "best_epoch": 0,
@@ -336,8 +326,9 @@ class _Loop:
         self.model.train()
         total = torch.zeros((), device=self.device)
         seen = 0
+        num_batches = self.train_set.num_batches(cfg.batch_size)
         bar = tqdm(
-            total=self.train_set.num_batches(cfg.batch_size),
+            total=num_batches,
             desc=f"epoch {epoch}/{cfg.epochs}",
             unit="batch",
             disable=not self.progress,
@@ -348,12 +339,23 @@ class _Loop:
         batches = self.train_set.batches(
             cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, max_length=cfg.max_length
         )
+        accumulate = self.accumulate
         for step, batch in enumerate(batches, start=1):
             batch = batch.to(self.device)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.model.loss(batch)
-            loss.backward()
-            self.optimizer.step()
+            if accumulate == 1:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self.model.loss(batch)
+                loss.backward()
+                self.optimizer.step()
+            else:
+                # gradients of `accumulate` batches are summed (each loss scaled) before one step;
+                # a last partial group still steps, so no batch's gradient is dropped
+                if (step - 1) % accumulate == 0:
+                    self.optimizer.zero_grad(set_to_none=True)
+                loss = self.model.loss(batch)
+                (loss / accumulate).backward()
+                if step % accumulate == 0 or step == num_batches:
+                    self.optimizer.step()
             total += loss.detach() * batch.size
             seen += batch.size
             bar.update(1)
@@ -441,6 +443,18 @@ class _Loop:
         metrics["peak_rss_mb"] = peak_rss_mb()
         write_json(run.metrics, metrics)
         return _result(run, metrics)
+
+
+def epoch_line(record: dict[str, Any], metrics: tuple[str, ...], paper_mode: bool) -> str:
+    """One line per finished epoch: loss, lr, the selection split's ``metrics``, time, memory, best mark."""
+    split = "test" if paper_mode or "valid" not in record else "valid"
+    values = record.get(split, {})
+    shown = "  ".join(f"{k} {values[k]:.4f}" for k in metrics if k in values)
+    mark = "  * best" if record.get("improved") else ""
+    return (
+        f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  lr {record['lr']:.2g}  {split} {shown}  "
+        f"{record['seconds']:.1f}s  {record['peak_rss_mb']:.0f}MB{mark}"
+    )
 
 
 def _per_metric_max(history: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, int]]:

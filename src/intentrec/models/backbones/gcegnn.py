@@ -140,7 +140,7 @@ class GCEGNN(Backbone):
         super().__init__(num_items, config)
         self.config: GCEGNNConfig
         d = config.embedding_dim
-        self.item_table = nn.Parameter(torch.empty(num_items, d))
+        self.id_table = nn.Parameter(torch.empty(num_items, d))
         self.position = nn.Embedding(config.max_positions, d)
         # a_self, a_out, a_in, a_in-out (rows in the order of the EDGE_* codes 1..4)
         self.relation_vectors = nn.Parameter(torch.empty(4, d))
@@ -161,22 +161,14 @@ class GCEGNN(Backbone):
     def reset_parameters(self) -> None:
         uniform_init_(self, self.dim)
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_table
-
     def prepare(self, dataset: PreparedDataset) -> None:
         values, offsets = dataset.sessions("train")
         neighbors, weights = build_global_graph(
             values, offsets, self.num_items, self.config.epsilon, self.config.num_neighbors
         )
-        device = self.item_table.device
+        device = self.id_table.device
         self.neighbor_items = torch.from_numpy(neighbors).to(device)
         self.neighbor_weights = torch.from_numpy(weights).to(device)
-
-    def _embed(self, items: torch.Tensor) -> torch.Tensor:
-        """Embeddings of item indices; index 0 (an empty neighbour slot) gets a zero vector."""
-        rows = F.embedding((items - 1).clamp(min=0), self.item_table)
-        return rows * (items > 0).unsqueeze(-1).to(rows.dtype)
 
     def session_level(self, graph: SessionGraph, embedded: torch.Tensor) -> torch.Tensor:
         node, neighbor, relation = graph.relation_pairs()
@@ -197,7 +189,7 @@ class GCEGNN(Backbone):
         for _ in range(self.config.hops):
             items.append(self.neighbor_items[items[-1]].reshape(-1))
             weights.append(self.neighbor_weights[items[-2]])  # [N * K^(ℓ-1), K]
-        vectors = [embedded] + [self._embed(level) for level in items[1:]]
+        vectors = [embedded] + [self.embed_items(level) for level in items[1:]]
         owner = session_mean.index_select(0, graph.node_session)  # [N, d]
         for hop, aggregator in enumerate(self.aggregators):
             updated = []
@@ -222,7 +214,7 @@ class GCEGNN(Backbone):
                 "prepared dataset before encoding"
             )
         graph = session_graph(batch)
-        embedded = self._embed(graph.node_items)
+        embedded = self.embed_items(graph.node_items)
         # Mean item embedding over the session's clicks (repeats count), as in the authors' code.
         session_mean = graph.sum_per_session(graph.node_counts.unsqueeze(1) * embedded)
         session_mean = session_mean / batch.lengths.clamp(min=1).unsqueeze(1).to(embedded.dtype)

@@ -92,7 +92,7 @@ class GCSAN(Backbone):
     def __init__(self, num_items: int, config: GCSANConfig):
         super().__init__(num_items, config)
         d = config.embedding_dim
-        self.item_table = nn.Parameter(torch.empty(num_items, d))
+        self.id_table = nn.Parameter(torch.empty(num_items, d))
         self.gnn = GatedGraphNetwork(d, config.steps)
         self.blocks = nn.ModuleList(
             SelfAttentionBlock(d, config.attention_heads, config.dropout)
@@ -103,12 +103,9 @@ class GCSAN(Backbone):
     def reset_parameters(self) -> None:
         uniform_init_(self, self.dim)
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_table
-
     def encode(self, batch: SessionBatch) -> BackboneOutput:
         graph = session_graph(batch)
-        states = self.gnn(graph, self.item_table.index_select(0, graph.node_items - 1))
+        states = self.gnn(graph, self.embed_items(graph.node_items))
         clicks = graph.gather_positions(states)  # [B, L, d]
         attended = clicks
         for block in self.blocks[:-1]:

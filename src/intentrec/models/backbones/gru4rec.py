@@ -15,7 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from intentrec.data.batch import SessionBatch
-from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
+from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput, PaddedItemEmbedding
 from intentrec.models.layers import LengthGroups, PackedTokens
 from intentrec.models.registry import register_backbone
 
@@ -46,7 +46,7 @@ def run_gru(gru: nn.GRU, inputs: torch.Tensor, groups: LengthGroups) -> torch.Te
 
 
 @register_backbone("gru4rec")
-class GRU4Rec(Backbone):
+class GRU4Rec(PaddedItemEmbedding, Backbone):
     """``local`` = ``session`` = last hidden state; ``global`` = mean of the hidden states.
 
     GRU4Rec itself has no attention readout; the mean over the session's hidden states is our
@@ -94,11 +94,9 @@ class GRU4Rec(Backbone):
 
     def encode(self, batch: SessionBatch) -> BackboneOutput:
         packing = PackedTokens(batch.mask)
-        inputs = self.embedding_dropout(self.embedding(packing.pack(batch.items)))
+        inputs = self.embedding_dropout(self.embed_items(packing.pack(batch.items)))
         states = self.hidden_dropout(run_gru(self.gru, inputs, LengthGroups(packing)))  # [T, d]
         last = states.index_select(0, packing.last)
         mean = packing.sum_per_row(states) / packing.lengths.unsqueeze(1).to(states.dtype)
         return BackboneOutput(session=last, vectors={"local": last, "global": mean})
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.embedding.weight[1:]

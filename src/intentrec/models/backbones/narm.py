@@ -20,7 +20,7 @@ from torch import nn
 
 from intentrec.data.batch import SessionBatch
 from intentrec.models.backbones.gru4rec import run_gru
-from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
+from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput, PaddedItemEmbedding
 from intentrec.models.layers import AdditiveAttention, LengthGroups, PackedTokens
 from intentrec.models.registry import register_backbone
 
@@ -33,7 +33,7 @@ class NARMConfig(BackboneConfig):
 
 
 @register_backbone("narm")
-class NARM(Backbone):
+class NARM(PaddedItemEmbedding, Backbone):
     """``local`` = h_t, ``global`` = c_l, ``session`` = B [h_t; c_l]."""
 
     Config: ClassVar[type[BackboneConfig]] = NARMConfig
@@ -80,7 +80,7 @@ class NARM(Backbone):
     def encode(self, batch: SessionBatch) -> BackboneOutput:
         # Every step runs on the real clicks only (packed tokens; see run_gru).
         packing = PackedTokens(batch.mask)
-        inputs = self.embedding_dropout(self.embedding(packing.pack(batch.items)))
+        inputs = self.embedding_dropout(self.embed_items(packing.pack(batch.items)))
         states = run_gru(self.gru, inputs, LengthGroups(packing))  # [T, d]
         last = states.index_select(0, packing.last)
         # The authors normalise the attention scores with a masked softmax (the paper leaves α raw).
@@ -89,5 +89,3 @@ class NARM(Backbone):
         session = self.bilinear(self.encoder_dropout(torch.cat([last, readout], dim=-1)))
         return BackboneOutput(session=session, vectors={"local": last, "global": readout})
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.embedding.weight[1:]

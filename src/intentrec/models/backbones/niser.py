@@ -57,12 +57,12 @@ class NISER(SRGNN):
         )
         self.reset_parameters()  # again, now that the position table exists
 
-    def item_embeddings(self) -> torch.Tensor:
-        return F.normalize(self.item_table, dim=1)
+    def item_table(self) -> torch.Tensor:
+        return F.normalize(super().item_table(), dim=1)
 
     def encode(self, batch: SessionBatch) -> BackboneOutput:
         graph = session_graph(batch)
-        embedded = F.normalize(self.embed(graph.node_items), dim=1)
+        embedded = F.normalize(self.embed_items(graph.node_items), dim=1)
         states = self.gnn(graph, self.embedding_dropout(embedded))
         if self.position is None:
             local, global_ = self.attention_readout(graph, states)
@@ -83,8 +83,8 @@ class NISER(SRGNN):
     def score(self, output: BackboneOutput) -> torch.Tensor:
         # Normalise again so that a session vector replaced by a method is scored the same way.
         session = F.normalize(output.session, dim=1)
-        return self.config.scale * F.linear(session, self.item_embeddings())
+        return self.config.scale * F.linear(session, self.item_table())
 
     def score_loss(self, output: BackboneOutput, targets: torch.Tensor) -> torch.Tensor:
         session = self.config.scale * F.normalize(output.session, dim=1)
-        return linear_cross_entropy(session, self.item_embeddings(), targets)
+        return linear_cross_entropy(session, self.item_table(), targets)

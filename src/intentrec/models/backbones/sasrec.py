@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from intentrec.data.batch import SessionBatch
-from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
+from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput, PaddedItemEmbedding
 from intentrec.models.layers import LengthGroups, PackedTokens, keep_most_recent
 from intentrec.models.registry import register_backbone
 
@@ -91,7 +91,7 @@ class TransformerBlock(nn.Module):
 
 
 @register_backbone("sasrec")
-class SASRec(Backbone):
+class SASRec(PaddedItemEmbedding, Backbone):
     """``local`` = ``session`` = output at the last real position; ``global`` = dot-product
     attention readout over all outputs with ``local`` as the query (parameter-free)."""
 
@@ -136,7 +136,7 @@ class SASRec(Backbone):
         mask = items > 0
         packing = PackedTokens(mask)
         positions = window_positions(lengths, items.shape[1], max_length)
-        tokens = self.embedding(packing.pack(items)) * math.sqrt(self.dim)
+        tokens = self.embed_items(packing.pack(items)) * math.sqrt(self.dim)
         tokens = self.input_dropout(tokens + self.positions(packing.pack(positions)))
         groups = LengthGroups(packing)
         for block in self.blocks:
@@ -148,5 +148,3 @@ class SASRec(Backbone):
         readout = packing.sum_per_row(packing.softmax_per_row(scores).unsqueeze(1) * outputs)
         return BackboneOutput(session=last, vectors={"local": last, "global": readout})
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.embedding.weight[1:]

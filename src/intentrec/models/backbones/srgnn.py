@@ -148,7 +148,7 @@ class SRGNN(Backbone):
         super().__init__(num_items, config)
         d = config.embedding_dim
         # No padding row: packed graphs never look up padding, and scoring uses the table as it is.
-        self.item_table = nn.Parameter(torch.empty(num_items, d))
+        self.id_table = nn.Parameter(torch.empty(num_items, d))
         self.gnn = GatedGraphNetwork(d, config.steps)
         self.attention = LastClickAttention(d)
         self.combine = nn.Linear(2 * d, d)
@@ -157,16 +157,9 @@ class SRGNN(Backbone):
     def reset_parameters(self) -> None:
         uniform_init_(self, self.dim)
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_table
-
-    def embed(self, items: torch.Tensor) -> torch.Tensor:
-        """Embeddings of item indices (1..n; never padding)."""
-        return F.embedding(items - 1, self.item_table)
-
     def node_states(self, graph: SessionGraph) -> torch.Tensor:
         """Packed node states ``[N, d]`` after the gated GNN."""
-        return self.gnn(graph, self.embed(graph.node_items))
+        return self.gnn(graph, self.embed_items(graph.node_items))
 
     def attention_readout(
         self, graph: SessionGraph, states: torch.Tensor

@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from intentrec.data.batch import SessionBatch
-from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
+from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput, PaddedItemEmbedding
 from intentrec.models.layers import AdditiveAttention, masked_mean, weighted_sum
 from intentrec.models.registry import register_backbone
 
@@ -26,7 +26,7 @@ class STAMPConfig(BackboneConfig):
 
 
 @register_backbone("stamp")
-class STAMP(Backbone):
+class STAMP(PaddedItemEmbedding, Backbone):
     """``local`` = h_t, ``global`` = h_s, ``session`` = h_s ⊙ h_t."""
 
     Config: ClassVar[type[BackboneConfig]] = STAMPConfig
@@ -63,14 +63,12 @@ class STAMP(Backbone):
 
     def encode(self, batch: SessionBatch) -> BackboneOutput:
         mask = batch.mask
-        x = self.embedding(batch.items)
+        x = self.embed_items(batch.items)
         m_s = masked_mean(x, mask)
-        m_t = self.embedding(batch.last_items())
+        m_t = self.embed_items(batch.last_items())
         alpha = self.attention(x, [m_t, m_s], mask)  # 0 at padding
         m_a = weighted_sum(alpha, x)
         h_s = torch.tanh(self.mlp_general(m_a))
         h_t = torch.tanh(self.mlp_current(m_t))
         return BackboneOutput(session=h_s * h_t, vectors={"local": h_t, "global": h_s})
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.embedding.weight[1:]

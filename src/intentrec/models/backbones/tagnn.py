@@ -82,7 +82,7 @@ class TAGNN(SRGNN):
         return target_attention(
             self.target_projection(states),  # W_t h_j, [N, d]
             states,
-            self.item_embeddings(),
+            self.item_table(),
             output.extras["node_session"],
             output.extras["node_counts"],
             output.session.shape[0],
@@ -90,7 +90,7 @@ class TAGNN(SRGNN):
         )
 
     def score(self, output: BackboneOutput) -> torch.Tensor:
-        return F.linear(output.session, self.item_embeddings()) + self.target_scores(output)
+        return F.linear(output.session, self.item_table()) + self.target_scores(output)
 
 
 class _TargetAttention(torch.autograd.Function):

@@ -1,50 +1,81 @@
 """The method contract: a plug-in that wraps any registered backbone without touching its code.
 
-A method reads the backbone's named session vectors (``local``, ``global``) and item table, reads
-precomputed text features for each example *by example id*, adds its fusion and auxiliary losses,
-and scores all items. It presents the same interface as a backbone (``prepare``, ``encode``,
-``score``, ``loss``, ``item_embeddings``), so the trainer, evaluation and serving treat both alike.
+A method is a :class:`~intentrec.models.base.SessionModel` too. It reads the backbone's named session
+vectors (``local``, ``global``) and item table, reads precomputed features — per example *by
+example id*, per item *by item column* — adds its fusion and auxiliary losses, and scores all items.
+The trainer, evaluation and serving treat it exactly like a backbone.
 
 Vector mapping. Every shipped backbone returns ``local`` (last-click state) and ``global`` (attention
 readout). A backbone that lacks one gets this documented mapping instead of an error:
 ``local`` → the embedding of the last clicked item; ``global`` → the backbone's final session vector.
 
-Text features live in non-persistent buffers: they are rebuilt by ``prepare`` from the dataset's
-semantic files and never stored in checkpoints. They are kept in float16 (half the memory; the
-vectors are unit-length text embeddings, so the precision loss is far below their noise), one copy
-shared by the table and the buffer, and cast per batch.
+Features live in non-persistent buffers: they are rebuilt by ``prepare`` from the dataset's
+semantic files and never stored in checkpoints. Float tables are kept in float16 (half the memory;
+the vectors are unit-length text embeddings, so the precision loss is far below their noise), one
+copy shared by the table and the buffer, and cast per batch; integer tables keep their dtype.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
 from intentrec.config import Config
 from intentrec.data.batch import SessionBatch
-from intentrec.errors import ConfigError, DataError
-from intentrec.models.base import Backbone, BackboneOutput
-from intentrec.models.methods.features import FeatureTable
+from intentrec.errors import ConfigError, DataError, IntentrecError
+from intentrec.models.base import Backbone, BackboneOutput, Needs, SessionModel
+from intentrec.models.features import FeatureTable, ItemFeatureTable
 
 if TYPE_CHECKING:
+    from intentrec.data.candidates import CandidateSpec
     from intentrec.data.dataset import ExampleSet, PreparedDataset
 
 
 class MethodConfig(Config):
     """Fields every method has; subclasses add their own with the papers' defaults."""
 
+    restrict_to_covered: bool = Field(
+        False, description="use only the examples that have every feature the method reads"
+    )
 
-class Method(nn.Module):
+
+class TextSourceConfig(MethodConfig):
+    """Options of a method whose per-example texts come from item titles or from stored LLM answers."""
+
+    source: Literal["titles", "llm"] = Field("titles", description="where the texts come from")
+    llm: str | None = Field(None, description="source=llm: the LLM that answered (name, .gguf, hf:, URL#MODEL)")
+    store: str | None = Field(None, description="source=llm: answer store (default $INTENTREC_HOME/answers.sqlite)")
+    encoder: str = "minilm"
+
+    @model_validator(mode="after")
+    def _llm_named(self) -> TextSourceConfig:
+        if self.source == "llm" and not self.llm:
+            raise ValueError("source=llm needs llm=<model> (the LLM whose answers are in the store)")
+        return self
+
+
+def _buffer_values(values: np.ndarray) -> np.ndarray:
+    """float16 for float tables, the table's own dtype for integer ones (ids must stay exact)."""
+    if np.issubdtype(values.dtype, np.floating):
+        return np.ascontiguousarray(values, dtype=np.float16)
+    return np.ascontiguousarray(values)
+
+
+def _as_read(values: torch.Tensor) -> torch.Tensor:
+    return values.float() if values.is_floating_point() else values
+
+
+class Method(SessionModel):
     """Base class of all methods. Subclasses set ``Config`` and implement ``fuse``/``extra_loss``."""
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    registry_name: ClassVar[str] = ""
     #: Whether the method maps its text features to the model width with ``self.text_proj``.
     projects_text: ClassVar[bool] = True
 
@@ -53,16 +84,48 @@ class Method(nn.Module):
         self.backbone = backbone
         self.config = config
         self.features: dict[str, FeatureTable] = {}
+        self.item_features: dict[str, ItemFeatureTable] = {}
         self._override: dict[str, torch.Tensor] | None = None
+
+    # ---------------------------------------------------------------- declared needs
+    def needs(self) -> Needs:
+        why = self.serving_problem()
+        return Needs(
+            example_features=self.feature_names(),
+            item_features=self.item_feature_names(),
+            candidates=self.candidate_spec(),
+            trains=self.trains,
+            serves_new_sessions=why is None,
+            why_not_serving=why or "",
+        )
 
     @property
     def trains(self) -> bool:
         """False for a configuration that only ranks with precomputed vectors (nothing to train)."""
         return True
 
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the per-example feature tables this method reads (what ``load_features`` returns)."""
+        raise NotImplementedError
+
+    def item_feature_names(self) -> tuple[str, ...]:
+        """Names of the per-item feature tables this method reads (what ``load_item_features`` returns)."""
+        return ()
+
+    def candidate_spec(self) -> CandidateSpec | None:
+        """The candidate file this method reads, if any (built by an explicit step, never here)."""
+        return None
+
+    def serving_problem(self) -> str | None:
+        """Why a new session cannot be scored (None: ``session_features`` computes its features)."""
+        return (
+            "its features are stored per dataset example (e.g. LLM answers generated per example); "
+            "only LLM4SBR with source=titles serves new sessions"
+        )
+
     # ---------------------------------------------------------------- backbone passthrough
     @property
-    def num_items(self) -> int:
+    def num_items(self) -> int:  # type: ignore[override]
         return self.backbone.num_items
 
     @property
@@ -73,39 +136,58 @@ class Method(nn.Module):
     def vector_names(self) -> tuple[str, ...]:
         return self.backbone.vector_names
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.backbone.item_embeddings()
+    def embed_items(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embed_items(indices)
 
-    # ---------------------------------------------------------------- semantic features
-    def feature_names(self) -> tuple[str, ...]:
-        """Names of the per-example feature tables this method reads (what ``load_features`` returns)."""
-        raise NotImplementedError
+    def item_table(self) -> torch.Tensor:
+        return self.backbone.item_table()
 
+    # ---------------------------------------------------------------- features
     def load_features(self, dataset: PreparedDataset) -> dict[str, FeatureTable]:
-        """Build or load the text features this method needs (subclasses)."""
+        """Build or load the per-example features this method needs (subclasses)."""
+        return {}
+
+    def load_item_features(self, dataset: PreparedDataset) -> dict[str, ItemFeatureTable]:
+        """Build or load the per-item features this method needs (subclasses)."""
         return {}
 
     def prepare(self, dataset: PreparedDataset) -> None:
         self.backbone.prepare(dataset)
         self.attach(self.load_features(dataset))
+        self.attach_items(self.load_item_features(dataset))
+
+    def _device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
 
     def attach(self, tables: dict[str, FeatureTable]) -> None:
         """Make ``tables`` available to ``feature(name, example_ids)`` as dense id-indexed buffers."""
         self.features = dict(tables)
-        device = next(self.backbone.parameters()).device
+        device = self._device()
         if self.projects_text and tables:
             self._ensure_text_projection(tables, device)
         for name, table in tables.items():
             max_id = int(table.example_ids.max(initial=-1))
             rows = np.full(max_id + 2, -1, dtype=np.int64)  # last slot: ids beyond the table
             rows[table.example_ids] = np.where(table.present, np.arange(len(table.example_ids)), -1)
-            # One float16 copy, shared by the table and the buffer (the float32 input is let go).
-            table.vectors = np.ascontiguousarray(table.vectors, dtype=np.float16)
+            # One copy, shared by the table and the buffer (a float32 input is let go).
+            table.vectors = _buffer_values(table.vectors)
             self.register_buffer(f"_feat_{name}", torch.from_numpy(table.vectors).to(device), persistent=False)
             self.register_buffer(f"_rows_{name}", torch.from_numpy(rows).to(device), persistent=False)
-            if table.counts is not None:
-                counts = torch.from_numpy(table.counts.astype(np.int64))
-                self.register_buffer(f"_counts_{name}", counts.to(device), persistent=False)
+
+    def attach_items(self, tables: dict[str, ItemFeatureTable]) -> None:
+        """Make ``tables`` available to ``item_feature(name, columns)`` (one row per item column)."""
+        device = self._device()
+        for name, table in tables.items():
+            if table.num_items != self.num_items:
+                raise DataError(
+                    f"method '{self.registry_name}': item feature '{name}' has {table.num_items} rows "
+                    f"for {self.num_items} items (built for another dataset?)"
+                )
+            table.values = _buffer_values(table.values)
+            values = torch.from_numpy(table.values)
+            missing = torch.from_numpy(~table.present).view(-1, *([1] * (values.dim() - 1)))
+            self.register_buffer(f"_item_{name}", values.masked_fill(missing, 0).to(device), persistent=False)
+        self.item_features = dict(tables)
 
     def _ensure_text_projection(self, tables: dict[str, FeatureTable], device: torch.device) -> None:
         """Create ``self.text_proj`` (text width → d) once the width is known; check one width.
@@ -132,17 +214,21 @@ class Method(nn.Module):
         return lookup[example_ids.clamp(max=lookup.numel() - 1)]
 
     def feature(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
-        """float32 features of ``example_ids`` (zeros where missing): ``[B, D]`` or ``[B, J, D]``."""
+        """Features of ``example_ids`` (zeros where missing): ``[B, D]`` or ``[B, J, D]``; float
+        tables as float32, integer tables in their own dtype."""
         if self._override is not None:
             return self._override[name]
         rows = self._rows(name, example_ids)
-        values = getattr(self, f"_feat_{name}")[rows.clamp(min=0)].float()
+        values = _as_read(getattr(self, f"_feat_{name}")[rows.clamp(min=0)])
         missing = (rows < 0).view(-1, *([1] * (values.dim() - 1)))
-        return values.masked_fill(missing, 0.0)
+        return values.masked_fill(missing, 0)
 
-    def feature_counts(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
-        rows = self._rows(name, example_ids)
-        return getattr(self, f"_counts_{name}")[rows.clamp(min=0)].masked_fill(rows < 0, 0)
+    def item_feature(self, name: str, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-item features at item ``columns`` (all items when None): float32 or the integer dtype."""
+        if name not in self.item_features:
+            raise DataError(f"method '{self.registry_name}' has no item feature '{name}'; call prepare(dataset) first")
+        values: torch.Tensor = getattr(self, f"_item_{name}")
+        return _as_read(values if columns is None else values[columns])
 
     # ---------------------------------------------------------------- serving new sessions
     def session_features(self, batch: SessionBatch) -> dict[str, torch.Tensor] | None:
@@ -159,6 +245,18 @@ class Method(nn.Module):
         finally:
             self._override = previous
 
+    def serve_scores(self, batch: SessionBatch) -> torch.Tensor:
+        why = self.serving_problem()
+        features = None if why is not None else self.session_features(batch)
+        if features is None:
+            raise IntentrecError(
+                f"this run's method '{self.registry_name}' cannot compute text features for a new "
+                f"session: {why or 'its source computed none'}"
+            )
+        with self.features_for(features):
+            return self(batch)
+
+    # ---------------------------------------------------------------- examples
     def covered(self, example_ids: np.ndarray) -> np.ndarray:
         """Bool per example: every feature this method reads is present for it."""
         out = np.ones(len(example_ids), dtype=bool)
@@ -166,16 +264,16 @@ class Method(nn.Module):
             out &= table.coverage(example_ids)
         return out
 
-    def select_examples(self, examples: ExampleSet, *, restrict: bool) -> ExampleSet:
-        """The examples to train/evaluate on: all, or (``restrict``) only those with features.
+    def select_examples(self, examples: ExampleSet) -> ExampleSet:
+        """The examples to train/evaluate on: all, or (``restrict_to_covered``) only those with features.
 
-        Without ``restrict``, missing features are an error: a run must never silently use zero
-        vectors for examples the LLM stage did not reach.
+        Without ``restrict_to_covered``, missing features are an error: a run must never silently use
+        zero vectors for examples the LLM stage did not reach.
         """
         covered = self.covered(examples.example_ids)
         if covered.all():
             return examples
-        if not restrict:
+        if not self.config.restrict_to_covered:
             missing = examples.example_ids[~covered]
             raise DataError(
                 f"{len(missing)} of {len(covered)} {examples.split} examples have no text features "
@@ -185,7 +283,7 @@ class Method(nn.Module):
             )
         return examples.subset(np.flatnonzero(covered))
 
-    def semantic_info(self) -> dict[str, Any]:
+    def run_info(self) -> dict[str, Any]:
         """What the run used: written into metrics.json so every result says its intent source."""
         return {"method": self.registry_name, "features": {k: t.info for k, t in self.features.items()}}
 
@@ -194,8 +292,8 @@ class Method(nn.Module):
         """A named backbone vector, or its documented stand-in when the backbone lacks it."""
         if name in output.vectors:
             return output.vectors[name]
-        if name == "local":
-            return F.embedding(batch.last_items() - 1, self.backbone.item_embeddings())
+        if name == "local":  # the row of the table that scores the items (NISER: normalised)
+            return F.embedding(batch.last_items() - 1, self.backbone.item_table())
         if name == "global":
             return output.session
         raise DataError(f"backbone '{self.backbone.registry_name}' has no vector '{name}'")
@@ -214,9 +312,6 @@ class Method(nn.Module):
 
     def score(self, output: BackboneOutput) -> torch.Tensor:
         return self.backbone.score(output)
-
-    def forward(self, batch: SessionBatch) -> torch.Tensor:
-        return self.score(self.encode(batch))
 
     def loss(self, batch: SessionBatch) -> torch.Tensor:
         if batch.targets is None:

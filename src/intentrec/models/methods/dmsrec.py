@@ -2,7 +2,7 @@
 Recommendation") as a plug-in over any backbone.
 
 Per example two text vectors, explicit intent ``E`` and latent intent ``L`` (see
-:mod:`intentrec.semantic.dmsrec_intents` for how they are built from the LLM's answer or, with the
+:mod:`intentrec.models.methods.dmsrec_features` for how they are built from the LLM's answer or, with the
 ``titles`` source, from the candidate list alone). With ``s`` the backbone's session vector::
 
     Ê = P(dropout(E)),  L̂ = P(dropout(L))          P: one Linear(text width → d) shared by both
@@ -25,17 +25,18 @@ dropout 0.6, a shared text projection with bias, fusion without bias, both KL te
 their sum times 0.7 (so β = 0.7, α₁ = α₂ = 1); their SHARE variant uses 0.3 dropout and 0.2.
 
 Candidates: every example's top-``candidate_top`` items from ``candidates_model`` (GCE-GNN), with
-cross-fitted training examples (:mod:`intentrec.semantic.candidates`). The ``titles`` source computes
-the candidate file when it is missing (``candidate_epochs`` epochs per candidate run: a small default
-that keeps the method usable on a CPU — the authors trained GCE-GNN fully; for paper-scale runs make
-it larger or give a ready file with ``candidates_file``). The ``llm`` source reads answers produced
-from whatever candidates ``intentrec infer --candidates`` was given; it never trains candidate models.
+cross-fitted training examples (:mod:`intentrec.training.candidates`). The method declares the file
+it reads (``needs().candidates``); an explicit step builds it — ``intentrec candidates`` (the missing
+file's error gives the exact command) or the experiment runner, which builds it before the run
+(``candidate_epochs`` epochs per candidate run: a small default that keeps the method usable on a CPU
+— the authors trained GCE-GNN fully; for paper-scale runs make it larger or give a ready file with
+``candidates_file``). ``prepare`` never trains. The ``llm`` source reads answers produced from
+whatever candidates ``intentrec infer --candidates`` was given.
 """
 
 from __future__ import annotations
 
-import json
-import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
@@ -45,9 +46,11 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from intentrec.data.batch import SessionBatch
+from intentrec.data.candidates import CandidateSpec, read_provenance
+from intentrec.errors import DataError
 from intentrec.models.base import Backbone, BackboneOutput
-from intentrec.models.methods.base import Method, MethodConfig
-from intentrec.models.methods.features import FeatureTable
+from intentrec.models.methods.base import Method, MethodConfig, TextSourceConfig
+from intentrec.models.features import FeatureTable
 from intentrec.models.methods.losses import ALIGNMENTS
 from intentrec.models.methods.registry import register_method
 
@@ -57,12 +60,7 @@ if TYPE_CHECKING:
 GROUPS = ("explicit", "latent")
 
 
-class DMsRecConfig(MethodConfig):
-    source: Literal["titles", "llm"] = Field("titles", description="where the intent texts come from")
-    llm: str | None = Field(None, description="source=llm: the LLM that answered (name, .gguf, hf:, URL#MODEL)")
-    store: str | None = Field(None, description="source=llm: answer store (default $INTENTREC_HOME/answers.sqlite)")
-    restrict_to_covered: bool = Field(False, description="source=llm: use only examples with answers")
-    encoder: str = "minilm"
+class DMsRecConfig(TextSourceConfig):
     alignment: Literal["kl", "infonce", "contrastive", "directau", "none"] = "kl"
     use_explicit: bool = True
     use_latent: bool = True
@@ -92,8 +90,6 @@ class DMsRecConfig(MethodConfig):
                 "use_explicit and use_latent are both false: that is 'w/o semantic', i.e. the backbone "
                 "alone (train without --method)"
             )
-        if self.source == "llm" and not self.llm:
-            raise ValueError("source=llm needs llm=<model> (the LLM whose answers are in the store)")
         if not self.leaky_candidates and self.candidate_folds < 2:
             raise ValueError("candidate_folds must be >= 2 for cross-fitting (or set leaky_candidates=true)")
         if self.latent_top > self.candidate_top:
@@ -127,67 +123,65 @@ class DMsRec(Method):
     def feature_names(self) -> tuple[str, ...]:
         return self.config.groups()
 
-    def candidate_file(self, dataset: PreparedDataset, *, compute: bool) -> tuple[str | None, dict[str, Any]]:
-        """The candidate file to use and its provenance (computed when ``compute`` and missing)."""
-        from intentrec.semantic.candidates import candidates_path, cross_fit_candidates, provenance_path
-
+    def candidate_spec(self) -> CandidateSpec:
         cfg: DMsRecConfig = self.config
+        return CandidateSpec(
+            model=cfg.candidates_model,
+            folds=cfg.candidate_folds,
+            top=cfg.candidate_top,
+            seed=cfg.candidate_seed,
+            leaky=cfg.leaky_candidates,
+            model_config=dict(cfg.candidate_model_config),
+            trainer_config={**cfg.candidate_train, "epochs": cfg.candidate_epochs},
+            work_dir=cfg.candidate_work_dir,
+            given=cfg.candidates_file,
+        )
+
+    def candidate_file(self, dataset: PreparedDataset) -> tuple[Path, dict[str, Any]]:
+        """The candidate file to read and its provenance; a missing file says which command builds it."""
+        cfg: DMsRecConfig = self.config
+        spec = self.candidate_spec()
+        path = spec.path(dataset.path)
         if cfg.candidates_file:
-            prov = provenance_path(cfg.candidates_file)
-            info = json.loads(prov.read_text(encoding="utf-8")) if prov.is_file() else {}
+            info = read_provenance(path)
             leaky = info.get("leaky", "unknown (no provenance file)")
-            return cfg.candidates_file, {"file": cfg.candidates_file, "leaky": leaky, "given": True, "runs": _scored_by(info)}
-        if not compute:
-            path = candidates_path(dataset.path, cfg.candidates_model, cfg.candidate_folds, cfg.leaky_candidates)
-            return None, {"file": str(path) if path.is_file() else None, "leaky": cfg.leaky_candidates,
-                          "note": "source=llm: the answers were generated from the candidates given to 'intentrec infer'"}
-        # Candidate models are trained here; keep the caller's random state as it was, so a run
-        # behaves the same whether the candidate file existed or not.
-        with torch.random.fork_rng(devices=[]):
-            py_state, np_state = random.getstate(), np.random.get_state()
-            try:
-                result = cross_fit_candidates(
-                    dataset.path,
-                    model=cfg.candidates_model,
-                    folds=cfg.candidate_folds,
-                    top=cfg.candidate_top,
-                    seed=cfg.candidate_seed,
-                    model_config=cfg.candidate_model_config,
-                    trainer_config={**cfg.candidate_train, "epochs": cfg.candidate_epochs},
-                    work_dir=cfg.candidate_work_dir,
-                    leaky=cfg.leaky_candidates,
-                )
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
-        return str(result.path), {
-            "file": str(result.path), "leaky": cfg.leaky_candidates, "given": False,
+            return path, {"file": cfg.candidates_file, "leaky": leaky, "given": True, "runs": _scored_by(info)}
+        if not path.is_file():
+            raise DataError(
+                "LLM-DMsRec's candidate file is missing; build it first with\n  "
+                + spec.build_command(dataset.path)
+                + "\n(the experiment runner builds it by itself), or give one with method.candidates_file",
+                path=path,
+            )
+        return path, {
+            "file": str(path), "leaky": cfg.leaky_candidates, "given": False,
             "model": cfg.candidates_model, "folds": cfg.candidate_folds, "epochs": cfg.candidate_epochs,
-            "runs": _scored_by(result.provenance),
+            "runs": _scored_by(read_provenance(path)),
         }
 
     def load_features(self, dataset: PreparedDataset) -> dict[str, FeatureTable]:
-        from intentrec.semantic.dmsrec_intents import llm_tables, titles_tables
+        from intentrec.models.methods.dmsrec_features import llm_tables, titles_tables
         from intentrec.semantic.encoders import get_encoder
 
         cfg: DMsRecConfig = self.config
         encoder = get_encoder(cfg.encoder)
         if cfg.source == "titles":
-            path, self._candidates = self.candidate_file(dataset, compute=True)
-            assert path is not None
+            path, self._candidates = self.candidate_file(dataset)
             tables = titles_tables(dataset.path, encoder, path, top=cfg.candidate_top, latent_top=cfg.latent_top,
                                    info={"candidates_leaky": self._candidates.get("leaky")})
         else:
             from intentrec.semantic.llm import resolve_llm_identity
 
-            _, self._candidates = self.candidate_file(dataset, compute=False)
+            path = self.candidate_spec().path(dataset.path)
+            self._candidates = {"file": str(path) if path.is_file() else None, "leaky": cfg.leaky_candidates,
+                                "note": "source=llm: the answers were generated from the candidates given to 'intentrec infer'"}
             tables = llm_tables(dataset.path, encoder, llm_identity=resolve_llm_identity(cfg.llm), store_path=cfg.store)
         return {g: tables[g] for g in cfg.groups()}
 
-    def semantic_info(self) -> dict[str, Any]:
+    def run_info(self) -> dict[str, Any]:
         cfg: DMsRecConfig = self.config
         return {
-            **super().semantic_info(),
+            **super().run_info(),
             "source": cfg.source,
             "views": list(cfg.groups()),
             "alignment": cfg.alignment,

@@ -32,8 +32,8 @@ from torch import nn
 
 from intentrec.data.batch import SessionBatch
 from intentrec.models.base import Backbone, BackboneOutput
-from intentrec.models.methods.base import Method, MethodConfig
-from intentrec.models.methods.features import FeatureTable
+from intentrec.models.methods.base import Method, MethodConfig, TextSourceConfig
+from intentrec.models.features import FeatureTable
 from intentrec.models.methods.losses import directau
 from intentrec.models.methods.registry import register_method
 
@@ -43,16 +43,11 @@ if TYPE_CHECKING:
 TEMPLATES = {"long": "llm4sbr-long", "short": "llm4sbr-short", "normal": "llm4sbr-normal"}
 
 
-class LLM4SBRConfig(MethodConfig):
-    source: Literal["titles", "llm"] = Field("titles", description="where the view texts come from")
+class LLM4SBRConfig(TextSourceConfig):
     views: list[Literal["long", "short"]] = Field(default_factory=lambda: ["long", "short"])
     normal: bool = Field(False, description="one unqualified view instead of long + short")
     lambda_au: float = Field(0.1, ge=0, description="weight of the alignment + uniformity losses")
     k: int = Field(3, ge=0, description="catalogue items per intent in localization (0 = raw)")
-    encoder: str = "minilm"
-    llm: str | None = Field(None, description="source=llm: the LLM that answered (name, .gguf, hf:, URL#MODEL)")
-    store: str | None = Field(None, description="source=llm: answer store (default $INTENTREC_HOME/answers.sqlite)")
-    restrict_to_covered: bool = Field(False, description="source=llm: use only examples with answers")
     short_window: int = Field(3, ge=1, description="source=titles: clicks in the short view")
     infer_only: bool = Field(False, description="LLM-Infer: rank by the text vectors alone, no training")
     shuffle_texts: bool = Field(
@@ -63,8 +58,6 @@ class LLM4SBRConfig(MethodConfig):
     def _check(self) -> LLM4SBRConfig:
         if not self.views and not self.normal:
             raise ValueError("views is empty: keep at least one of long, short (or set normal=true)")
-        if self.source == "llm" and not self.llm:
-            raise ValueError("source=llm needs llm=<model> (the LLM whose answers are in the store)")
         return self
 
     def view_names(self) -> tuple[str, ...]:
@@ -106,7 +99,7 @@ class LLM4SBR(Method):
 
     def load_features(self, dataset: PreparedDataset) -> dict[str, FeatureTable]:
         from intentrec.semantic.encoders import get_encoder
-        from intentrec.semantic.views import llm_view, title_views
+        from intentrec.models.methods.llm4sbr_features import llm_view, title_views
 
         cfg: LLM4SBRConfig = self.config
         encoder = get_encoder(cfg.encoder)
@@ -136,13 +129,21 @@ class LLM4SBR(Method):
             out = {name: shuffle_within_splits(table, dataset) for name, table in out.items()}
         return out
 
+    def serving_problem(self) -> str | None:
+        cfg: LLM4SBRConfig = self.config
+        if cfg.source != "titles":
+            return "its views come from LLM answers generated per dataset example (source=llm)"
+        if cfg.shuffle_texts:
+            return "it is the shuffled-texts control (its views belong to other examples)"
+        return None
+
     def session_features(self, batch: SessionBatch) -> dict[str, torch.Tensor] | None:
         """The ``titles`` source for sessions outside the dataset: the same rule as the stored views."""
         cfg: LLM4SBRConfig = self.config
-        if cfg.source != "titles" or cfg.shuffle_texts or getattr(self, "_catalogue32", None) is None:
+        if self.serving_problem() is not None or getattr(self, "_catalogue32", None) is None:
             return None
         from intentrec.semantic.localization import l2_normalise, localize
-        from intentrec.semantic.views import window_means
+        from intentrec.models.methods.llm4sbr_features import window_means
 
         lengths = batch.lengths.cpu().numpy()
         values = batch.items.cpu().numpy()[batch.mask.cpu().numpy()]
@@ -156,9 +157,9 @@ class LLM4SBR(Method):
             out[name] = torch.from_numpy(vectors.astype(np.float16)).float().to(batch.items.device)
         return out
 
-    def semantic_info(self) -> dict[str, Any]:
+    def run_info(self) -> dict[str, Any]:
         cfg: LLM4SBRConfig = self.config
-        info = {**super().semantic_info(), "source": cfg.source, "views": list(cfg.view_names()), "k": cfg.k}
+        info = {**super().run_info(), "source": cfg.source, "views": list(cfg.view_names()), "k": cfg.k}
         if cfg.shuffle_texts:
             info["control"] = "shuffled: each example got the view vectors of another example of its split"
         return info

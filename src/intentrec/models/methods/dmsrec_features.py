@@ -36,12 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from intentrec.data.dataset import PreparedDataset
+from intentrec.data.dataset import PreparedDataset, all_examples
 from intentrec.errors import DataError
-from intentrec.models.methods.features import FeatureTable
+from intentrec.models.features import FeatureTable
 from intentrec.semantic.encoders import TextEncoder
 from intentrec.semantic.parsing import clean_item_text
-from intentrec.semantic.views import all_examples
 
 GROUPS = ("explicit", "latent")
 TEMPLATE = "dmsrec"
@@ -209,7 +208,7 @@ def titles_tables(
     info: dict[str, Any] | None = None,
 ) -> dict[str, FeatureTable]:
     """FeatureTables ``explicit``/``latent`` of every example from a candidate file and title vectors."""
-    from intentrec.semantic.candidates import read_candidates
+    from intentrec.data.candidates import read_candidates
     from intentrec.semantic.intents import embed_catalogue
 
     dataset = PreparedDataset(dataset_dir)

@@ -1,4 +1,5 @@
-"""Candidate lists for LLM-DMsRec: each example's top-``top`` items from a trained backbone.
+"""Building candidate files (:mod:`intentrec.data.candidates`): each example's top-``top`` items from
+a trained backbone, for LLM-DMsRec.
 
 LLM-DMsRec shows the LLM a session together with the 50 items a pre-trained GNN (GCE-GNN) ranks
 highest. The authors scored the *training* sessions with a model trained on those very sessions, so a
@@ -44,10 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,16 +55,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from intentrec.data import schema
+from intentrec.data.candidates import FORMAT, CandidateSpec, candidates_path, provenance_path
 from intentrec.data.dataset import ExampleSet, PreparedDataset
+from intentrec.data.folds import assign_folds, column, ids_sha256, write_fold_dataset
 from intentrec.errors import ConfigError, DataError
+from intentrec.evaluation.evaluate import top_items
 from intentrec.io import atomic_path, exclusive_lock, write_json
 from intentrec.semantic.store import dataset_fingerprint
+from intentrec.training.run import build_configs, load_run
+from intentrec.training.trainer import train as train_run
 
-SEMANTIC_DIR = "semantic"
-FORMAT = "intentrec-candidates/1"
 ALL_RUN = "all"
 #: fold number recorded for examples scored by the model trained on all train examples
 ALL_FOLD = -1
@@ -80,137 +80,9 @@ class CandidateResult:
     reused: bool
 
 
-def candidates_path(dataset_dir: str | Path, model: str, folds: int, leaky: bool = False) -> Path:
-    name = f"candidates.{model}.f{folds}{'.leaky' if leaky else ''}.parquet"
-    return Path(dataset_dir) / SEMANTIC_DIR / name
-
-
-def provenance_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
-def _ids_sha256(values: np.ndarray) -> str:
-    data = np.ascontiguousarray(np.sort(np.asarray(values, dtype=np.int64)))
-    return hashlib.sha256(data.tobytes()).hexdigest()
-
-
 def _settings_key(settings: dict[str, Any]) -> str:
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def assign_folds(train_sessions: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold of each train session (same order as ``train_sessions``): seeded permutation, position mod k."""
-    n = len(train_sessions)
-    fold = np.empty(n, dtype=np.int64)
-    order = np.random.default_rng(seed).permutation(n)
-    fold[order] = np.arange(n) % folds
-    return fold
-
-
-# --------------------------------------------------------------------------- derived datasets
-
-
-def _column(table: pa.Table, name: str, path: Path) -> np.ndarray:
-    if name not in table.column_names:
-        raise DataError(f"missing column '{name}'", path=path)
-    return np.asarray(table.column(name).to_numpy(zero_copy_only=False))
-
-
-def write_fold_dataset(
-    source: PreparedDataset, target: Path, held_out: np.ndarray, info: dict[str, Any]
-) -> Path:
-    """A copy of ``source`` without the train sessions ``held_out`` (and their examples).
-
-    Session indices and example ids keep their values, item indices are unchanged, ``train_count`` is
-    recounted over the remaining train sessions, and the manifest gains a ``derived_from`` block. The
-    folder is written next to ``target`` and renamed into place, so it is complete or absent. An
-    existing folder with the same manifest is reused.
-    """
-    held = np.asarray(held_out, dtype=np.int64)
-    sessions = pq.read_table(source.path / schema.SESSIONS)
-    examples = pq.read_table(source.path / schema.EXAMPLES)
-    keep_sessions = ~np.isin(_column(sessions, "session_index", source.path / schema.SESSIONS), held)
-    keep_examples = ~np.isin(_column(examples, "session_index", source.path / schema.EXAMPLES), held)
-    sessions = sessions.filter(pa.array(keep_sessions))
-    examples = examples.filter(pa.array(keep_examples))
-
-    items = pq.read_table(source.path / schema.ITEMS)
-    split = _column(sessions, "split", source.path / schema.SESSIONS)
-    clicks = sessions.column("items").combine_chunks()
-    lengths = np.diff(np.asarray(clicks.offsets.to_numpy(), dtype=np.int64))
-    flat = np.asarray(clicks.flatten().to_numpy(), dtype=np.int64)
-    in_train = np.repeat(split == "train", lengths)
-    counts = np.bincount(flat[in_train], minlength=source.num_items + 1)[1:]
-    item_index = _column(items, "item_index", source.path / schema.ITEMS).astype(np.int64)
-    position = items.column_names.index("train_count") if "train_count" in items.column_names else None
-    train_count = pa.array(counts[item_index - 1], pa.int64())
-    items = items.set_column(position, "train_count", train_count) if position is not None else items.append_column("train_count", train_count)
-
-    manifest = json.loads(json.dumps(source.manifest))
-    manifest["derived_from"] = info
-    stats = manifest.setdefault("statistics", {})
-    example_split = _column(examples, "split", source.path / schema.EXAMPLES)
-    updates = {
-        "sessions": int(len(split)),
-        "train_sessions": int((split == "train").sum()),
-        "examples": int(len(example_split)),
-        "train_examples": int((example_split == "train").sum()),
-        "interactions": int(lengths.sum()),
-    }
-    stats.update({k: v for k, v in updates.items() if k in stats or k in ("sessions", "examples")})
-    text = json.dumps(manifest, indent=2, sort_keys=True)
-    complete = all((target / n).is_file() for n in (schema.ITEMS, schema.SESSIONS, schema.EXAMPLES, schema.MANIFEST))
-    if complete and (target / schema.MANIFEST).read_text(encoding="utf-8") == text:
-        return target  # written before with the same content (a resumed cross-fit)
-    if target.exists():
-        shutil.rmtree(target)  # our own derived folder, from other settings or incomplete
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        pq.write_table(items, tmp / schema.ITEMS)
-        pq.write_table(sessions, tmp / schema.SESSIONS)
-        pq.write_table(examples, tmp / schema.EXAMPLES)
-        (tmp / schema.MANIFEST).write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-# --------------------------------------------------------------------------- scoring
-
-
-@torch.no_grad()
-def top_candidates(
-    model: torch.nn.Module,
-    examples: ExampleSet,
-    top: int,
-    *,
-    batch_size: int = 500,
-    max_length: int | None = None,
-    device: torch.device | str = "cpu",
-) -> np.ndarray:
-    """Item indices ``[N, top]`` (int32, best first) of ``model``'s highest scores for each example."""
-    was_training = model.training
-    model.eval()
-    parts: list[np.ndarray] = []
-    try:
-        for batch in examples.batches(batch_size, max_length=max_length):
-            scores = model(batch.to(device))
-            k = min(top, scores.shape[1])
-            parts.append((torch.topk(scores, k, dim=1).indices + 1).to(torch.int32).cpu().numpy())
-    finally:
-        model.train(was_training)
-    if not parts:
-        return np.zeros((0, top), dtype=np.int32)
-    return np.concatenate(parts)
-
-
-# --------------------------------------------------------------------------- the driver
 
 
 def _say(progress: bool, message: str) -> None:
@@ -245,8 +117,6 @@ def cross_fit_candidates(
     the work folder are still reused). ``on_run(run_id, info)`` is called after each run is scored.
     A second process asking for the same file waits for the first and then reuses its file.
     """
-    from intentrec.training.run import build_configs
-
     started = time.perf_counter()
     progress = sys.stderr.isatty() if progress is None else progress
     dataset_dir = Path(dataset_dir)
@@ -304,15 +174,15 @@ def cross_fit_candidates(
 
         # ---- fold assignment by session
         sessions = pq.read_table(dataset_dir / schema.SESSIONS, columns=["session_index", "split"])
-        session_index = _column(sessions, "session_index", dataset_dir / schema.SESSIONS).astype(np.int64)
-        session_split = _column(sessions, "split", dataset_dir / schema.SESSIONS)
+        session_index = column(sessions, "session_index", dataset_dir / schema.SESSIONS).astype(np.int64)
+        session_split = column(sessions, "split", dataset_dir / schema.SESSIONS)
         train_sessions = np.sort(session_index[session_split == "train"])
         if not leaky and len(train_sessions) < folds:
             raise DataError(f"only {len(train_sessions)} train sessions for {folds} folds", path=dataset_dir)
         examples_table = pq.read_table(dataset_dir / schema.EXAMPLES, columns=["example_id", "split", "session_index"])
-        ex_ids = _column(examples_table, "example_id", dataset_dir / schema.EXAMPLES).astype(np.int64)
-        ex_split = _column(examples_table, "split", dataset_dir / schema.EXAMPLES)
-        ex_session = _column(examples_table, "session_index", dataset_dir / schema.EXAMPLES).astype(np.int64)
+        ex_ids = column(examples_table, "example_id", dataset_dir / schema.EXAMPLES).astype(np.int64)
+        ex_split = column(examples_table, "split", dataset_dir / schema.EXAMPLES)
+        ex_session = column(examples_table, "session_index", dataset_dir / schema.EXAMPLES).astype(np.int64)
 
         fold_of_session = assign_folds(train_sessions, folds, seed) if not leaky else np.zeros(len(train_sessions), np.int64)
         train = dataset.examples("train")
@@ -328,9 +198,6 @@ def cross_fit_candidates(
                 path=dataset_dir / schema.EXAMPLES,
             )
         train_fold = fold_of_session[pos]
-
-        from intentrec.training import load_run
-        from intentrec.training import train as train_run
 
         ids_parts: list[np.ndarray] = []
         cand_parts: list[np.ndarray] = []
@@ -350,7 +217,7 @@ def cross_fit_candidates(
             trained = load_run(run_dir, device=device)
             scored: dict[str, int] = {}
             for examples in to_score:
-                cands = top_candidates(
+                cands = top_items(
                     trained.model, examples, top, batch_size=trainer_cfg.eval_batch_size,
                     max_length=trainer_cfg.max_length, device=trained.device,
                 )
@@ -365,7 +232,7 @@ def cross_fit_candidates(
                 "fold": fold,
                 "trained_on": {
                     "train_sessions": int(len(trained_on)),
-                    "train_sessions_sha256": _ids_sha256(trained_on),
+                    "train_sessions_sha256": ids_sha256(trained_on),
                     "train_examples": int(len(trained.dataset.examples("train"))),
                 },
                 "scored": scored,
@@ -390,14 +257,14 @@ def cross_fit_candidates(
                     "folds": folds,
                     "seed": seed,
                     "held_out_train_sessions": int(len(held)),
-                    "held_out_sha256": _ids_sha256(held),
+                    "held_out_sha256": ids_sha256(held),
                 }
                 data_dir = write_fold_dataset(dataset, fold_work / f"fold-{f}.data", held, derived_info)
                 rows = np.flatnonzero(train_fold == f)
                 fit_and_score(f"fold-{f}", data_dir, [train.subset(rows)], f, kept)
                 fold_info[str(f)] = {
                     "held_out_train_sessions": int(len(held)),
-                    "held_out_sha256": _ids_sha256(held),
+                    "held_out_sha256": ids_sha256(held),
                     "train_examples_scored": int(len(rows)),
                     "scored_by": f"fold-{f}",
                 }
@@ -450,44 +317,45 @@ def cross_fit_candidates(
         return CandidateResult(path, prov_path, provenance, reused=False)
 
 
-def read_candidates(path: str | Path, example_ids: np.ndarray, *, top: int | None = None) -> np.ndarray:
-    """Candidate matrix ``[len(example_ids), K]`` (int64 item indices, best first) in the given order.
+def build_candidates(
+    dataset_dir: str | Path,
+    spec: CandidateSpec,
+    *,
+    threads: int | None = None,
+    progress: bool | None = None,
+) -> CandidateResult:
+    """Build (or reuse) the candidate file ``spec`` names; ``threads`` sets the runs' CPU threads."""
+    trainer = dict(spec.trainer_config)
+    if threads is not None:
+        trainer["num_threads"] = threads  # does not change what the runs compute
+    return cross_fit_candidates(
+        dataset_dir, model=spec.model, folds=spec.folds, top=spec.top, seed=spec.seed,
+        model_config=spec.model_config, trainer_config=trainer, work_dir=spec.work_dir,
+        leaky=spec.leaky, progress=progress,
+    )
 
-    Every requested example must be in the file and have at least ``top`` (default: the file's
-    width) candidates; shorter lists are an error naming the file.
+
+def build_declared_candidates(
+    dataset_dir: str | Path,
+    backbone: str,
+    model_config: dict[str, Any] | None,
+    method: str | None,
+    method_config: dict[str, Any] | None,
+    *,
+    threads: int | None = None,
+    progress: bool | None = None,
+) -> CandidateResult | None:
+    """The explicit step before training: build (or reuse) the candidate file the model declares.
+
+    Returns None when the model reads no candidate file, or reads one the user gave.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("candidate file not found", path=path)
-    try:
-        table = pq.read_table(path, columns=["example_id", "candidates"])
-    except Exception as exc:  # noqa: BLE001 - any parquet failure is the user's file
-        raise DataError(f"cannot read candidates (need columns example_id, candidates): {exc}", path=path) from None
-    ids = np.asarray(table.column("example_id").to_numpy(), dtype=np.int64)
-    col = table.column("candidates").combine_chunks()
-    offsets = np.asarray(col.offsets.to_numpy(), dtype=np.int64)
-    offsets = offsets - offsets[0]
-    values = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
-    lengths = np.diff(offsets)
-    width = (int(lengths.min()) if len(lengths) else 0) if top is None else top
-    if width < 1:
-        raise DataError("field 'candidates': an example has an empty candidate list", path=path)
-    order = np.argsort(ids, kind="stable")
-    wanted = np.asarray(example_ids, dtype=np.int64)
-    if len(ids):
-        pos = np.clip(np.searchsorted(ids[order], wanted), 0, len(ids) - 1)
-        found = ids[order][pos] == wanted
-    else:
-        pos, found = np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
-    if not np.all(found):
-        missing = wanted[~found]
-        raise DataError(
-            f"no candidates for {len(missing)} of {len(wanted)} examples (e.g. example ids {missing[:5].tolist()}); "
-            "recompute the file ('intentrec candidates DATASET')",
-            path=path,
-        )
-    rows = order[pos]
-    if np.any(lengths[rows] < width):
-        short = wanted[lengths[rows] < width]
-        raise DataError(f"field 'candidates': fewer than {width} candidates for example ids {short[:5].tolist()}", path=path)
-    return values[offsets[rows][:, None] + np.arange(width)[None, :]]
+    from intentrec.models.build import build_session_model
+    from intentrec.models.methods.registry import build_method_config
+
+    _, model_cfg, _ = build_configs(backbone, model_config, None)
+    method_cfg = build_method_config(method, method_config) if method else None
+    model = build_session_model(backbone, model_cfg, PreparedDataset(dataset_dir).num_items, method, method_cfg)
+    spec = model.needs().candidates
+    if spec is None or spec.given:
+        return None
+    return build_candidates(dataset_dir, spec, threads=threads, progress=progress)

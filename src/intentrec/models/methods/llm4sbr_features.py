@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from intentrec.data import schema
-from intentrec.data.dataset import PreparedDataset
+from intentrec.data.dataset import PreparedDataset, all_examples
 from intentrec.errors import DataError
-from intentrec.models.methods.features import FeatureTable
+from intentrec.models.features import FeatureTable
 from intentrec.semantic.encoders import TextEncoder
 from intentrec.semantic.intents import (
     SEMANTIC_DIR,
@@ -47,19 +47,6 @@ from intentrec.semantic.store import dataset_fingerprint
 TITLE_VIEWS = ("long", "short")
 #: values gathered per chunk when averaging title vectors (bounds memory to ~chunk × d floats)
 _CHUNK_VALUES = 262_144
-
-
-def all_examples(dataset: PreparedDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """example ids, CSR values and offsets of every example of every split."""
-    ids, values, lengths = [], [], []
-    for split in schema.SPLITS:
-        ex = dataset.examples(split)
-        ids.append(ex.example_ids)
-        values.append(ex.values)
-        lengths.append(ex.lengths)
-    lengths_all = np.concatenate(lengths)
-    offsets = np.concatenate([[0], np.cumsum(lengths_all)]).astype(np.int64)
-    return np.concatenate(ids).astype(np.int64), np.concatenate(values).astype(np.int64), offsets
 
 
 def window_means(

@@ -1,4 +1,9 @@
-"""Per-example text features a method reads by example id (precomputed; never built in the hot loop)."""
+"""Feature tables a model reads: per example (by example id) or per item (by item column).
+
+Both are precomputed by ``prepare`` and never built in the hot loop. Tables keep their dtype: a
+float table may be stored in float16 by the model that reads it, an integer table (candidate ids,
+token ids) stays integer.
+"""
 
 from __future__ import annotations
 
@@ -57,3 +62,31 @@ class FeatureTable:
         sorted_ids = self.example_ids[order]
         idx = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
         return np.where(sorted_ids[idx] == ids, order[idx], -1)
+
+
+@dataclass
+class ItemFeatureTable:
+    """One row per item column (row ``c`` = item index ``c + 1``): ``[num_items, ...]`` of any dtype.
+
+    ``present[c]`` is False where the item has no usable feature (e.g. no text); such rows are zero.
+    """
+
+    values: np.ndarray
+    present: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = int(self.values.shape[0])
+        self.present = np.ones(n, dtype=bool) if self.present is None else np.asarray(self.present, dtype=bool)
+        if self.present.shape != (n,):
+            raise DataError(
+                f"item feature table '{self.info.get('name', '?')}': {n} rows but present {self.present.shape}"
+            )
+
+    @property
+    def num_items(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def is_float(self) -> bool:
+        return bool(np.issubdtype(self.values.dtype, np.floating))
