@@ -1,56 +1,26 @@
-"""Shared fixtures: real data from ../shared/data (or $INTENTREC_DATA)."""
+"""Shared fixtures: real data from ../shared/data (or $INTENTREC_DATA).
+
+Helper functions live in the package ``tests.helpers``; ``require_data`` and ``fixture_data`` are
+also importable from here for the modules that still import them from ``conftest``.
+"""
 
 from __future__ import annotations
 
-import functools
-import os
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from intentrec.paths import data_root
+from tests.helpers.data import FIXTURES, fixture_data, require_data
+
+__all__ = ["fixture_data", "require_data"]
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-FIXTURES = Path(__file__).parent / "fixtures"
-# tests outside tests/models (methods, candidates) build the same tiny prepared dataset
-sys.path.insert(0, str(Path(__file__).parent / "models"))
-
-
-def require_data(relative: str) -> Path:
-    """Path of a file under the shared data root. Missing data fails in CI and skips elsewhere."""
-    path = data_root() / relative
-    if not path.exists():
-        message = f"real data not found: {path} (set INTENTREC_DATA)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
-
-
-@functools.lru_cache(maxsize=1)
-def fixture_data() -> Path:
-    """The hand-written loader fixtures, copied once per test process into a temporary folder.
-
-    Fixtures whose upstream file name looks like a real dataset (``ratings.dat``, ``u.data``, …) are
-    stored as ``STEM_EXT.fixture`` (``ratings_dat.fixture``) so the repository never tracks files named
-    like datasets; the copy gets the upstream names back, which the loaders detect.
-    """
-    target = Path(tempfile.mkdtemp(prefix="intentrec-fixtures-")) / "data"
-    shutil.copytree(FIXTURES / "data", target)
-    for path in target.rglob("*.fixture"):
-        stem, _, ext = path.name.removesuffix(".fixture").rpartition("_")
-        path.rename(path.with_name(f"{stem}.{ext}"))
-    return target
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-from tiny_dataset import write_tiny_dataset  # noqa: E402
+from tests.helpers.tiny_dataset import write_tiny_dataset  # noqa: E402
 
 from intentrec.data.batch import SessionBatch  # noqa: E402
 from intentrec.models.methods import METHODS, FeatureTable, build_method  # noqa: E402

@@ -1,7 +1,6 @@
 """Test helpers for training: a tiny prepared dataset (pyarrow, following data/schema.py) and a tiny backbone.
 
-Not a conftest.py: tests/conftest.py is imported as `conftest` by other test modules, and a second
-conftest module here would shadow it. Test modules import the helpers below by name.
+Test modules import it as ``tests.helpers.tinyrun``; importing it registers the test backbone.
 """
 
 from __future__ import annotations

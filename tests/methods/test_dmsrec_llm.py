@@ -6,22 +6,16 @@ covered examples only. Skips outside CI when the LLM stage is not installed; fai
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from intentrec.errors import DataError
 
-SEMANTIC_TESTS = Path(__file__).resolve().parents[1] / "semantic"
 LIMITS = {"train": 4, "valid": 2, "test": 2}  # 8 prompts in all
 
 
 def test_llm_source_with_a_real_small_llm(tmp_path):
-    sys.path.insert(0, str(SEMANTIC_TESTS))
-    from test_infer import write_dataset
-    from test_infer_llm import TITLES, _sessions
-    from test_llm_llamacpp import require_smollm2
+    from tests.helpers.llm import require_smollm2
+    from tests.helpers.semantic import LLM_TITLES, llm_sessions, write_dataset
 
     require_smollm2()
     pytest.importorskip("sentence_transformers")
@@ -32,7 +26,8 @@ def test_llm_source_with_a_real_small_llm(tmp_path):
     from intentrec.semantic.store import AnswerStore
     from intentrec.training import train
 
-    data = write_dataset(tmp_path / "ds", {"train": _sessions(4, 4), "valid": _sessions(2, 3), "test": _sessions(2, 4)}, TITLES)
+    sessions = {"train": llm_sessions(4, 4), "valid": llm_sessions(2, 3), "test": llm_sessions(2, 4)}
+    data = write_dataset(tmp_path / "ds", sessions, LLM_TITLES)
 
     # real cross-fitted candidates (2 folds over the train sessions), tiny runs
     cands = cross_fit_candidates(data, model="gcegnn", folds=2, top=5, model_config={"embedding_dim": 8},

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from tiny_dataset import write_tiny_dataset
-from typer.testing import CliRunner
+from tests.helpers.tiny_dataset import write_tiny_dataset
 
-from intentrec.cli.main import app
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.models.methods import FeatureTable, build_method
@@ -20,7 +14,6 @@ from intentrec.models.methods.losses import directau
 from intentrec.models.registry import build_backbone
 from intentrec.semantic.views import window_means
 
-SEMANTIC_TESTS = Path(__file__).resolve().parents[1] / "semantic"
 
 
 def tables(names, n=64, dim=8, seed=0):
@@ -109,48 +102,6 @@ def test_window_means_match_a_plain_loop():
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-def test_titles_source_end_to_end_with_the_real_encoder(tiny, tmp_path):
-    pytest.importorskip("sentence_transformers")
-    runner = CliRunner()
-    args = ["train", str(tiny.path), "--model", "srgnn", "--method", "llm4sbr", "--out", str(tmp_path / "run"),
-            "--set", "train.epochs=2", "--set", "model.embedding_dim=16", "--set", "method.k=2", "--no-progress"]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert "text source: titles" in result.output
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    semantic = metrics["semantic"]
-    assert semantic["source"] == "titles" and semantic["views"] == ["long", "short"]
-    assert semantic["examples_used"] == semantic["examples_total"]
-    files = sorted(p.name for p in (tiny.path / "semantic").glob("views.titles-*.safetensors"))
-    assert len(files) == 2 and all(".k2." in f for f in files)
-    # evaluate re-attaches the features from the cached files and reproduces the final test metrics
-    result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--json"])
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
-    assert report["metrics"]["HR@20"] == pytest.approx(metrics["test"]["HR@20"])
-    # a changed method setting refuses to resume into the same folder
-    changed = runner.invoke(app, [*args[:-1], "--set", "method.lambda_au=0", "--no-progress"])
-    assert isinstance(changed.exception, IntentrecError) and "method.lambda_au: 0.1 → 0.0" in str(changed.exception)
-    # the titles source serves new sessions: their views are computed by the stored rule, so a
-    # dataset example's prefix gets exactly its stored features and its evaluation-time scores
-    rec = runner.invoke(app, ["recommend", str(tmp_path / "run"), "--items", "item1,item2", "--k", "3", "--json"])
-    assert rec.exit_code == 0, rec.output
-    assert [r["rank"] for r in json.loads(rec.output)["recommendations"]] == [1, 2, 3]
-    from intentrec.training import load_run
-
-    trained = load_run(tmp_path / "run")
-    examples = trained.dataset.examples("test")
-    batch = next(examples.batches(8))
-    online = trained.model.session_features(batch)
-    for name in ("long", "short"):
-        torch.testing.assert_close(online[name], trained.model.feature(name, batch.example_ids), atol=2e-3, rtol=0)
-    with torch.no_grad(), trained.model.features_for(online):
-        served = trained.model(batch)
-    with torch.no_grad():
-        stored = trained.model(batch)
-    torch.testing.assert_close(served, stored, atol=1e-3, rtol=1e-3)
-
-
 def test_llm_infer_ablation_trains_nothing(tiny, tmp_path):
     pytest.importorskip("sentence_transformers")
     from intentrec.training import train
@@ -162,10 +113,8 @@ def test_llm_infer_ablation_trains_nothing(tiny, tmp_path):
 
 
 def test_llm_source_with_a_real_small_llm(tmp_path):
-    sys.path.insert(0, str(SEMANTIC_TESTS))
-    from test_infer import write_dataset
-    from test_infer_llm import TITLES, _sessions
-    from test_llm_llamacpp import require_smollm2
+    from tests.helpers.llm import require_smollm2
+    from tests.helpers.semantic import LLM_TITLES, llm_sessions, write_dataset
 
     require_smollm2()
     pytest.importorskip("sentence_transformers")
@@ -174,7 +123,8 @@ def test_llm_source_with_a_real_small_llm(tmp_path):
     from intentrec.semantic.store import AnswerStore
     from intentrec.training import train
 
-    data = write_dataset(tmp_path / "ds", {"train": _sessions(4, 4), "valid": _sessions(2, 3), "test": _sessions(2, 4)}, TITLES)
+    sessions = {"train": llm_sessions(4, 4), "valid": llm_sessions(2, 3), "test": llm_sessions(2, 4)}
+    data = write_dataset(tmp_path / "ds", sessions, LLM_TITLES)
     store_path = tmp_path / "answers.sqlite"
     with AnswerStore(store_path) as store:
         for template in ("llm4sbr-long", "llm4sbr-short"):
@@ -228,9 +178,8 @@ def test_shuffled_text_control_permutes_within_each_split(tiny):
 @pytest.mark.slow
 def test_llm_source_on_a_real_beauty_subset(tmp_path):
     """Real data, real LLM: the first 12 Beauty sessions, smollm2 answers for a few examples per split."""
-    sys.path.insert(0, str(SEMANTIC_TESTS))
-    from conftest import require_data
-    from test_llm_llamacpp import require_smollm2
+    from tests.helpers.data import require_data
+    from tests.helpers.llm import require_smollm2
 
     source = require_data("amazon/beauty-2014-5core")
     require_smollm2()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_dataset import write_tiny_dataset
+from tests.helpers.tiny_dataset import write_tiny_dataset
 
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import DataError

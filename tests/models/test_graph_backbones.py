@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_dataset import write_tiny_dataset
+from tests.helpers.tiny_dataset import write_tiny_dataset
 
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import IntentrecError

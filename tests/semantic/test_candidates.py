@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from tiny_dataset import write_tiny_dataset  # noqa: E402
-
-from intentrec.cli.main import app  # noqa: E402
-from intentrec.errors import ConfigError, DataError  # noqa: E402
-from intentrec.semantic.candidates import (  # noqa: E402
+from intentrec.errors import ConfigError, DataError
+from intentrec.semantic.candidates import (
     ALL_FOLD,
     ALL_RUN,
     assign_folds,
@@ -25,6 +19,8 @@ from intentrec.semantic.candidates import (  # noqa: E402
     cross_fit_candidates,
     read_candidates,
 )
+
+from tests.helpers.tiny_dataset import write_tiny_dataset
 
 TINY = {"model_config": {"embedding_dim": 8}, "trainer_config": {"epochs": 1}}
 
@@ -198,22 +194,3 @@ def test_read_candidates_names_the_file_on_errors(tmp_path, crossfit):
         read_candidates(result.path, np.array([0]), top=13)
     with pytest.raises(DataError, match="candidate file not found"):
         read_candidates(tmp_path / "nope.parquet", np.array([0]))
-
-
-def test_cli_writes_the_file_and_reports_json(tmp_path):
-    dataset = write_tiny_dataset(tmp_path / "ds")
-    runner = CliRunner()
-    args = ["candidates", str(dataset.path), "--model", "srgnn", "--folds", "2", "--top", "5", "--no-progress",
-            "--set", "train.epochs=1", "--set", "model.embedding_dim=8", "--work-dir", str(tmp_path / "w"), "--json"]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
-    assert summary["path"].endswith("candidates.srgnn.f2.parquet") and summary["leaky"] is False
-    assert set(summary["runs"]) == {"fold-0", "fold-1", ALL_RUN}
-    assert summary["runs"]["fold-0"]["scored"]["train"] + summary["runs"]["fold-1"]["scored"]["train"] == summary["examples"]["train"]
-    again = runner.invoke(app, args[:-1])
-    assert again.exit_code == 0 and "up to date" in again.output and "cross-fitted" in again.output
-    bad = runner.invoke(app, ["candidates", str(dataset.path), "--set", "method.beta=1"])
-    assert isinstance(bad.exception, ConfigError)
-    helped = runner.invoke(app, ["candidates", "--help"])
-    assert helped.exit_code == 0 and "--leaky" in helped.output and "Examples" in helped.output

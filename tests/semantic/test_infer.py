@@ -1,9 +1,9 @@
-"""The inference engine with a scripted backend: de-duplication, resume, links, selection, CLI."""
+"""The inference engine with a scripted backend: de-duplication, resume, links, selection.
+
+The ``intentrec infer`` command is tested in tests/cli/test_cli_infer.py.
+"""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,67 +19,7 @@ from intentrec.semantic.infer import (
 from intentrec.semantic.llm.base import DecodingConfig, Generation, LLMBackend
 from intentrec.semantic.store import AnswerStore, dataset_fingerprint
 
-TITLES = [
-    "Rosewater Facial Toner 8 oz",
-    "Matte Liquid Lipstick, Ruby Red",
-    "Volumizing Mascara Black",
-    "Argan Oil Shampoo for Dry Hair",
-    "Argan Oil Conditioner",
-    "Gel Nail Polish Set, 6 Colors",
-    None,  # an item without a title
-    "Vitamin C Serum with Hyaluronic Acid",
-]
-
-
-def write_dataset(folder: Path, sessions: dict[str, list[list[int]]], titles=TITLES) -> Path:
-    """A prepared dataset in the layout of ``intentrec.data.schema``; prefix examples per session."""
-    folder.mkdir(parents=True, exist_ok=True)
-    n = len(titles)
-    pq.write_table(
-        pa.table(
-            {
-                "item_index": pa.array(range(1, n + 1), pa.int32()),
-                "item_id": [f"B0000{i:05d}" for i in range(1, n + 1)],
-                "title": pa.array(titles, pa.string()),
-                "train_count": pa.array([1] * n, pa.int64()),
-            }
-        ),
-        folder / "items.parquet",
-    )
-    srows, erows = [], []
-    for split, seqs in sessions.items():
-        for seq in seqs:
-            sidx = len(srows)
-            srows.append((sidx, f"s{sidx}", split, seq))
-            for t in range(1, len(seq)):
-                erows.append((len(erows), split, sidx, seq[:t], seq[t]))
-    pq.write_table(
-        pa.table(
-            {
-                "session_index": pa.array([r[0] for r in srows], pa.int64()),
-                "session_id": [r[1] for r in srows],
-                "split": [r[2] for r in srows],
-                "items": pa.array([r[3] for r in srows], pa.list_(pa.int32())),
-            }
-        ),
-        folder / "sessions.parquet",
-    )
-    pq.write_table(
-        pa.table(
-            {
-                "example_id": pa.array([r[0] for r in erows], pa.int64()),
-                "split": [r[1] for r in erows],
-                "session_index": pa.array([r[2] for r in erows], pa.int64()),
-                "prefix": pa.array([r[3] for r in erows], pa.list_(pa.int32())),
-                "target": pa.array([r[4] for r in erows], pa.int32()),
-            }
-        ),
-        folder / "examples.parquet",
-    )
-    manifest = {"format_version": 1, "protocol": "test", "statistics": {"items": n, "test_examples": len(erows)}}
-    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    return folder
-
+from tests.helpers.semantic import SESSIONS, write_dataset
 
 class ScriptedLLM(LLMBackend):
     """Answers with a digest of the prompt; can fail after a number of prompts (a simulated crash)."""
@@ -106,15 +46,6 @@ class ScriptedLLM(LLMBackend):
             if on_result:
                 on_result(i, g)
         return out
-
-
-# Two test sessions share their first two items, and one repeats another whole session, so
-# several prefixes are identical prompts.
-SESSIONS = {
-    "train": [[1, 2, 3, 4], [5, 6, 7]],
-    "valid": [[2, 3]],
-    "test": [[1, 2, 3, 8], [1, 2, 5], [4, 5, 6, 7, 8], [1, 2, 3, 8]],
-}
 
 
 @pytest.fixture
@@ -237,27 +168,6 @@ def test_is_echo():
     assert is_echo(["Argan Oil Shampoo"], titles)  # a truncated copy
     assert not is_echo(["Shampoo"], titles)  # too short to call it a copy
     assert not is_echo(["Volumizing Mascara"], titles)
-
-
-def test_cli_infer_json_and_errors(dataset, tmp_path, monkeypatch, capsys):
-    from intentrec.cli.main import main
-
-    monkeypatch.setenv("INTENTREC_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr("sys.argv", ["intentrec", "infer", str(dataset), "--prompt", "llm4sbr-short",
-                                     "--llm", "smollm2", "--dry-run", "--json"])
-    main()
-    out = json.loads(capsys.readouterr().out)
-    assert out["examples"] == 12 and out["unique_prompts"] == 7 and out["coverage"] == 0.0
-    monkeypatch.setattr("sys.argv", ["intentrec", "infer", str(dataset), "--prompt", "llm4sbr-short",
-                                     "--llm", "no-such-model", "--dry-run"])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    assert exc.value.code == 2 and "no-such-model" in capsys.readouterr().err
-    monkeypatch.setattr("sys.argv", ["intentrec", "infer", str(dataset), "--prompt", "llm4sbr-short",
-                                     "--set", "max_tokenz=3", "--dry-run"])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    assert exc.value.code == 2 and "max_tokenz" in capsys.readouterr().err
 
 
 def test_decoding_changes_the_key(dataset, store):

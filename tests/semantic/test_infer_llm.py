@@ -11,32 +11,21 @@ import sys
 import time
 
 import pytest
-from test_infer import write_dataset
-from test_llm_llamacpp import require_smollm2
 
 from intentrec.data.dataset import PreparedDataset
 from intentrec.semantic.infer import run_inference
 from intentrec.semantic.llm.base import DecodingConfig
 from intentrec.semantic.store import AnswerStore, dataset_fingerprint
 
-TITLES = [
-    "Rosewater Facial Toner 8 oz", "Matte Liquid Lipstick, Ruby Red", "Volumizing Mascara Black",
-    "Argan Oil Shampoo for Dry Hair", "Argan Oil Conditioner", "Gel Nail Polish Set, 6 Colors",
-    "Vitamin C Serum", "Coconut Body Lotion", "Tea Tree Face Wash", "Charcoal Peel-Off Mask",
-    "Bamboo Makeup Brush Set", "SPF 50 Sunscreen Spray", "Lavender Bath Bombs", "Keratin Hair Mask",
-]
-
-
-def _sessions(n_sessions: int, length: int) -> list[list[int]]:
-    n = len(TITLES)
-    return [[(s * 3 + k * (s + 1)) % n + 1 for k in range(length)] for s in range(n_sessions)]
+from tests.helpers.llm import require_smollm2
+from tests.helpers.semantic import LLM_TITLES, llm_sessions, write_dataset
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     require_smollm2()
     # 8 test sessions of 6 items -> 40 prefix examples
-    return write_dataset(tmp_path_factory.mktemp("tiny") / "ds", {"train": _sessions(2, 4), "test": _sessions(8, 6)}, TITLES)
+    return write_dataset(tmp_path_factory.mktemp("tiny") / "ds", {"train": llm_sessions(2, 4), "test": llm_sessions(8, 6)}, LLM_TITLES)
 
 
 def test_real_generation_lands_in_the_store(tiny, tmp_path, monkeypatch):

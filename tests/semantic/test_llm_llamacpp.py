@@ -9,36 +9,8 @@ import pytest
 from intentrec.errors import IntentrecError
 from intentrec.semantic.llm import get_llm, resolve_llm_identity
 from intentrec.semantic.llm.base import DecodingConfig
-from intentrec.semantic.llm.models import installed_models
 
-
-def require_smollm2() -> None:
-    """Skip where the LLM stage is not installed; in CI (scripts/install-llm.sh ran) fail instead."""
-    reason = None
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        reason = "llama-cpp-python is not installed (scripts/install-llm.sh)"
-    if reason is None and not installed_models().get("smollm2"):
-        reason = "the smollm2 model package is not installed (scripts/install-llm.sh)"
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
-def _prompt(items: list[str], question: str = "Name one item the user wants next. Answer with a name only."):
-    listing = "\n".join(f"{i}. {t}" for i, t in enumerate(items, 1))
-    return [
-        {"role": "system", "content": "You are a shopping assistant."},
-        {"role": "user", "content": f"The user clicked:\n{listing}\n\n{question}"},
-    ]
-
-
-ITEMS = ["Rosewater Facial Toner", "Matte Liquid Lipstick", "Volumizing Mascara", "Argan Oil Shampoo",
-         "Argan Oil Conditioner", "Gel Nail Polish Set", "Vitamin C Serum"]
-# prefix-augmented prompts (each session prefix is a prompt), shuffled, with one duplicate
-PROMPTS = [_prompt(ITEMS[:k]) for k in (3, 1, 5, 2, 7, 4, 6)] + [_prompt(ITEMS[:2])]
+from tests.helpers.llm import ITEMS, PROMPTS, chat_prompt, require_smollm2
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +57,7 @@ def test_stop_strings_and_max_tokens(smollm2):
     gens = smollm2.generate(PROMPTS[:3], DecodingConfig(max_tokens=1))
     assert all(g.completion_tokens == 1 for g in gens)
     long = smollm2.generate(
-        [_prompt(ITEMS, "List five more items, one per line.")], DecodingConfig(max_tokens=40, stop=["\n"])
+        [chat_prompt(ITEMS, "List five more items, one per line.")], DecodingConfig(max_tokens=40, stop=["\n"])
     )[0]
     assert "\n" not in long.text
 
@@ -98,6 +70,6 @@ def test_sampling_is_seeded_per_prompt(smollm2):
 
 
 def test_too_long_prompt_is_a_clear_error(smollm2):
-    huge = _prompt(["word " * 2000])
+    huge = chat_prompt(["word " * 2000])
     with pytest.raises(IntentrecError, match="does not fit"):
         smollm2.generate([huge], DecodingConfig())

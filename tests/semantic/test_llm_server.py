@@ -10,11 +10,12 @@ import time
 import urllib.request
 
 import pytest
-from test_llm_llamacpp import PROMPTS, require_smollm2
 
 from intentrec.semantic.llm import get_llm
 from intentrec.semantic.llm.base import DecodingConfig
 from intentrec.semantic.llm.models import ensure_shipped_model
+
+from tests.helpers.llm import PROMPTS, require_smollm2
 
 pytestmark = pytest.mark.slow
 

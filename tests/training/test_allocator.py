@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import platform
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +12,7 @@ from intentrec import training
 from intentrec.training import allocator, trainer
 from intentrec.training.config import TrainerConfig
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tinyrun import TEST_BACKBONE, write_tiny_dataset  # noqa: E402
+from tests.helpers.tinyrun import TEST_BACKBONE, write_tiny_dataset
 
 glibc_only = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc mallopt"

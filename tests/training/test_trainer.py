@@ -1,6 +1,5 @@
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,9 +8,8 @@ from safetensors.torch import load_file
 from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.training import PAPER_MODE_SELECTION, RunDir, load_run, train
 
-# The helpers live next to this file; putting it on sys.path works in every pytest import mode.
-sys.path.insert(0, str(Path(__file__).parent))
-from tinyrun import FAST_TRAINER, TEST_BACKBONE, write_tiny_dataset  # noqa: E402
+from tests.helpers import child_env
+from tests.helpers.tinyrun import FAST_TRAINER, TEST_BACKBONE, write_tiny_dataset
 
 TIMING = {"seconds", "train_seconds", "peak_rss_mb"}
 
@@ -235,7 +233,7 @@ def test_missing_valid_split_requires_paper_mode(tmp_path):
 
 
 def test_diverging_loss_stops_with_a_clear_error(tiny_dataset, tmp_path, monkeypatch):
-    import tinyrun
+    from tests.helpers import tinyrun
 
     original = tinyrun.MeanBackbone.loss
     monkeypatch.setattr(
@@ -269,9 +267,8 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(tiny_dataset, tmp_pa
     steps_per_epoch = PreparedDataset(tiny_dataset).examples("train").num_batches(batch_size)
     script = textwrap.dedent(
         f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import tinyrun
+        import os, signal
+        from tests.helpers import tinyrun
         from intentrec.training import train
 
         original = tinyrun.MeanBackbone.loss
@@ -288,7 +285,9 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(tiny_dataset, tmp_pa
         train({str(tiny_dataset)!r}, "test-mean", None, {FAST_TRAINER!r}, out={str(run)!r}, progress=False)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=child_env()
+    )
     assert proc.returncode == -9, proc.stderr
     assert [r["epoch"] for r in _log(run)] == [1]
     assert not (run / "metrics.json").exists()

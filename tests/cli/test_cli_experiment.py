@@ -1,0 +1,269 @@
+"""``intentrec experiment``: a tiny real grid run through the command (records, reports, resume), lanes
+that share a grid, and one-line errors. The runner's logic without the command is tested in tests/experiments."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from intentrec import training
+from intentrec.cli.main import app
+from intentrec.data.identity import DatasetIdentity
+from intentrec.errors import IntentrecError
+
+from tests.helpers import child_env
+from tests.helpers.tinyrun import TEST_BACKBONE, write_tiny_dataset
+
+runner = CliRunner()
+
+
+def _invoke(*args, expect: int = 0):
+    result = runner.invoke(app, [str(a) for a in args])
+    if expect == 0 and result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == expect, result.output
+    return result
+
+
+# --------------------------------------------------------------------------- a tiny real grid
+
+
+def _write_experiment(folder: Path, epochs: int = 2) -> Path:
+    spec = {
+        "name": "tiny",
+        "runs_dir": "out/runs",
+        "records_dir": "out/records",
+        "results_dir": "out/results",
+        "datasets": {"tiny": {"path": "data"}},
+        "seeds": [0, 1],
+        "settings": {
+            "train.epochs": epochs, "train.patience": None, "train.batch_size": 64,
+            "model.embedding_dim": 8,
+        },
+        "grids": [
+            {"backbones": [TEST_BACKBONE, "gru4rec"]},
+            {"backbones": [TEST_BACKBONE], "seeds": [0], "variants": {"paper-mode": {"train.select_on": "test"}}},
+        ],
+        "anchors": [{"label": "Some paper", "HR@20": 15.06, "MRR@20": 3.99, "note": "test-selected"}],
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _boom(*args, **kwargs):
+    raise AssertionError("train() must not be called")
+
+
+def _records(folder: Path) -> dict[str, dict]:
+    return {
+        p.relative_to(folder).with_suffix("").as_posix(): json.loads(p.read_text())
+        for p in sorted(folder.rglob("*.json"))
+    }
+
+
+def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths in the file are relative to the current directory
+    data = write_tiny_dataset(tmp_path / "data")
+    _write_experiment(tmp_path)
+    real_train = training.train
+    ids = [
+        f"tiny/{TEST_BACKBONE}/default/s0", f"tiny/{TEST_BACKBONE}/default/s1",
+        "tiny/gru4rec/default/s0", "tiny/gru4rec/default/s1", f"tiny/{TEST_BACKBONE}/paper-mode/s0",
+    ]
+
+    # dry run: lists every run as to do, trains nothing
+    monkeypatch.setattr(training, "train", _boom)
+    out = _invoke("experiment", "tiny.yaml", "--dry-run").output
+    assert "5 runs — 0 done, 5 to run, 0 stale" in out
+    assert all(f"todo  {i}" in out for i in ids) and f"{ids[4]}  [PAPER MODE]" in out
+
+    # a first chunk: seed 0 of every row
+    monkeypatch.setattr(training, "train", real_train)
+    out = _invoke("experiment", "tiny.yaml", "--max-runs", "3", "--threads", "1", "--no-progress").output
+    assert "3 to train now (--max-runs 3 of 5 to do)" in out
+    assert "[1/5]" in out and "[3/5]" in out and "[4/5]" not in out and "ETA" in out and "epoch   2" in out
+    assert set(_records(tmp_path / "out/records")) == {ids[0], ids[2], ids[4]}
+    md = (tmp_path / "out/results/tiny.md").read_text()
+    assert "**Incomplete**: 3 of 5 runs have finished, 2 missing" in md
+    assert "## Missing runs (2 of 5)" in md and f"- `{ids[1]}`" in md and f"- `{ids[3]}`" in md
+
+    # the rest; then everything is complete
+    out = _invoke("experiment", "tiny.yaml", "--threads", "1", "--no-progress").output
+    assert "2 to train now" in out and "[2/2]" in out
+    records = _records(tmp_path / "out/records")
+    assert set(records) == set(ids)
+
+    rec = records[ids[1]]
+    manifest_sha = hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
+    identity = DatasetIdentity.of(data)
+    assert rec["dataset"] == {
+        "name": "tiny", "path": "data", "manifest_sha256": manifest_sha,
+        "fingerprint": identity.fingerprint, "protocol": "test-tiny",
+    }
+    assert (rec["backbone"], rec["method"], rec["variant"], rec["seed"]) == (TEST_BACKBONE, None, "default", 1)
+    assert rec["settings"]["train"] == {"epochs": 2, "patience": None, "batch_size": 64, "seed": 1}
+    assert rec["config"]["trainer"]["num_threads"] == 1
+    assert rec["config"]["model"] == {"name": TEST_BACKBONE, "config": {"embedding_dim": 8, "dropout": 0.2}}
+    assert rec["command"] == "intentrec experiment tiny.yaml --threads 1"
+    assert rec["epochs_run"] == 2 and rec["num_parameters"] > 0 and rec["peak_rss_mb"] > 0
+    assert not rec["paper_mode"] and "warning" not in rec and rec["run_dir"] == f"out/runs/{ids[1]}"
+    assert rec["library_version"] and rec["finished"] and rec["train_seconds_per_epoch"] > 0
+    paper = records[ids[4]]
+    assert paper["paper_mode"] and "PAPER MODE" in paper["warning"] and paper["selection"].startswith("paper-mode")
+
+    md = (tmp_path / "out/results/tiny.md").read_text()
+    assert "**Complete**: all 5 runs" in md and "Missing runs" not in md
+    assert "intentrec experiment tiny.yaml --report-only" in md
+    assert "## Published anchors (test-selected)" in md and "| Some paper | 15.06 | 3.99 | test-selected |" in md
+    rows = {
+        line.split(" | ")[0].strip("| ") + "/" + line.split(" | ")[2]: line
+        for line in md.splitlines()
+        if line.startswith((f"| {TEST_BACKBONE} ", "| gru4rec "))
+    }
+    default_row = rows[f"{TEST_BACKBONE}/default"]
+    pair = [records[ids[0]], records[ids[1]]]
+    for metric in ("HR@5", "MRR@10", "NDCG@20", "HR@20"):
+        values = [100 * r["test"][metric] for r in pair]
+        assert f"| {statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} |" in default_row
+    assert "| 2 |" in default_row and "2(" in default_row
+    paper_row = rows[f"{TEST_BACKBONE}/paper-mode — PAPER MODE"]
+    assert f"| {100 * paper['test']['HR@20']:.2f} |" in paper_row and "±" not in paper_row
+    assert "**PAPER MODE** rows select on the TEST split" in md
+
+    with open(tmp_path / "out/results/tiny.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [(r["backbone"], r["variant"], r["n"]) for r in table] == [
+        (TEST_BACKBONE, "default", "2"), ("gru4rec", "default", "2"), (TEST_BACKBONE, "paper-mode", "1")
+    ]
+    gru = [records[ids[2]], records[ids[3]]]
+    values = [100 * r["test"]["MRR@20"] for r in gru]
+    assert float(table[1]["MRR@20_mean_pct"]) == pytest.approx(statistics.mean(values), abs=1e-4)
+    assert float(table[1]["MRR@20_std_pct"]) == pytest.approx(statistics.stdev(values), abs=1e-4)
+    assert table[2]["paper_mode"] == "True" and table[2]["HR@20_std_pct"] == ""
+    assert (tmp_path / "out/results/tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # again: nothing is retrained, no record is rewritten
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out/records").rglob("*.json")}
+    monkeypatch.setattr(training, "train", _boom)
+    out = _invoke("experiment", "tiny.yaml").output
+    assert "0 to train now" in out and "trained 0 run(s)" in out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert _records(tmp_path / "out/records") == records
+
+    # the same dataset prepared again (another time, another input folder): the records still count;
+    # a record from before fingerprints falls back to the manifest file's sha256
+    manifest = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps({**manifest, "created": "2030-01-01T00:00:00Z"}))
+    assert DatasetIdentity.of(data).manifest_sha256 != manifest_sha
+    out = _invoke("experiment", "tiny.yaml", "--dry-run").output
+    assert "5 runs — 5 done, 0 to run, 0 stale" in out
+    legacy = tmp_path / "out/records" / f"{ids[1]}.json"
+    old_record = legacy.read_text()
+    legacy.write_text(json.dumps({**rec, "dataset": {k: v for k, v in rec["dataset"].items() if k != "fingerprint"}}))
+    out = _invoke("experiment", "tiny.yaml", "--dry-run").output
+    assert "4 done, 0 to run, 1 stale" in out and "(record has no fingerprint)" in out
+    legacy.write_text(old_record)
+    (data / "manifest.json").write_text(json.dumps({**manifest, "protocol": "another"}))
+    out = _invoke("experiment", "tiny.yaml", "--dry-run").output
+    assert "0 done, 0 to run, 5 stale" in out and "dataset fingerprint" in out
+    (data / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+    # a changed setting makes the records stale: listed, refused, and reported as missing
+    _write_experiment(tmp_path, epochs=3)
+    out = _invoke("experiment", "tiny.yaml", "--dry-run", "--only", "*/gru4rec/*").output
+    assert "2 runs selected of 5 — 0 done, 0 to run, 2 stale" in out
+    assert "STALE tiny/gru4rec/default/s0  (record has other settings: train.epochs: 2 → 3)" in out
+    result = _invoke("experiment", "tiny.yaml", expect=1)
+    assert isinstance(result.exception, IntentrecError) and "5 run(s) have records made with other settings" in str(result.exception)
+    _invoke("experiment", "tiny.yaml", "--report-only")
+    md = (tmp_path / "out/results/tiny.md").read_text()
+    assert "No run has finished yet." in md and "(its record has other settings: train.epochs: 2 → 3)" in md
+    assert not (tmp_path / "out/results/tiny.png").exists()
+
+
+def _lane_experiment(folder: Path) -> list[str]:
+    spec = {
+        "name": "lanes", "runs_dir": "out/runs", "records_dir": "out/records", "results_dir": "out/results",
+        "datasets": {"tiny": {"path": "data"}}, "seeds": [0, 1, 2, 3],
+        "settings": {"train.epochs": 2, "train.batch_size": 64, "model.embedding_dim": 8},
+        "grids": [{"backbones": [TEST_BACKBONE]}],
+    }
+    (folder / "lanes.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return [f"tiny/{TEST_BACKBONE}/default/s{s}" for s in range(4)]
+
+
+def test_a_run_another_process_is_training_is_skipped_not_trained_twice(tmp_path, monkeypatch):
+    import os
+
+    from intentrec.io import exclusive_lock
+
+    monkeypatch.chdir(tmp_path)
+    write_tiny_dataset(tmp_path / "data")
+    ids = _lane_experiment(tmp_path)
+    busy = tmp_path / "out/runs" / ids[1]
+    with exclusive_lock(busy / ".lock", what="another lane's run"):
+        out = _invoke("experiment", "lanes.yaml", "--threads", "1", "--no-progress").output
+    assert f"[2/4] {ids[1]}: skipped, being trained by pid {os.getpid()} since " in out
+    assert "trained 3 run(s) now; 1 selected run(s) still without a record (1 being trained by another process)" in out
+    assert set(_records(tmp_path / "out/records")) == {ids[0], ids[2], ids[3]}
+    assert sorted(p.name for p in busy.iterdir()) == [".lock", ".runner.lock"]  # nothing trained there
+
+
+def test_max_runs_counts_only_runs_trained_here(tmp_path, monkeypatch):
+    from intentrec.io import exclusive_lock
+
+    monkeypatch.chdir(tmp_path)
+    write_tiny_dataset(tmp_path / "data")
+    ids = _lane_experiment(tmp_path)
+    with exclusive_lock(tmp_path / "out/runs" / ids[0] / ".lock", what="another lane's run"):
+        out = _invoke("experiment", "lanes.yaml", "--max-runs", "2", "--threads", "1", "--no-progress").output
+    assert "2 to train now (--max-runs 2 of 4 to do)" in out and f"[1/4] {ids[0]}: skipped" in out
+    assert set(_records(tmp_path / "out/records")) == {ids[1], ids[2]}  # the skip did not use up a slot
+    assert "[4/4]" not in out
+
+
+def test_two_lanes_share_a_grid_and_train_each_run_once(tmp_path):
+    write_tiny_dataset(tmp_path / "data")
+    ids = _lane_experiment(tmp_path)
+    lane = (
+        "import tests.helpers.tinyrun; from intentrec.cli.main import app; "
+        "app(['experiment', 'lanes.yaml', '--threads', '1', '--no-progress'])"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", lane], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=child_env())
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    finished = [{i for i in ids if f"] {i}: test HR@20" in out} for out in outputs]
+    assert not finished[0] & finished[1] and finished[0] | finished[1] == set(ids), outputs
+    trained = [int(re.search(r"^trained (\d+) run\(s\) now", out, re.M).group(1)) for out in outputs]
+    assert trained == [len(f) for f in finished]
+    assert set(_records(tmp_path / "out/records")) == set(ids)
+    for run_id in ids:  # one lane's epochs only: a second trainer would have appended or rewritten
+        assert len((tmp_path / "out/runs" / run_id / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nruns_dir: r\nrecords_dir: q\ndatasets: {d: {path: p}}\ngrids: [{backbones: [srgnn]}]\nseedz: [1]\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "intentrec.cli.main", "experiment", str(bad), "--dry-run"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: invalid experiment file")
+    assert "unknown key 'seedz'" in proc.stderr and "Traceback" not in proc.stderr
+    help_text = _invoke("experiment", "--help").output
+    assert "--dry-run" in help_text and "--max-runs" in help_text and "Examples" in help_text
