@@ -5,17 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: Official download pages, for users with internet. intentrec never downloads at run time.
-OFFICIAL_URLS: dict[str, str] = {
-    "amazon-2014": "https://cseweb.ucsd.edu/~jmcauley/datasets/amazon/links.html",
-    "amazon-2018": "https://nijianmo.github.io/amazon/index.html",
-    "ml-1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
-    "ml-100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
-    "ml-latest-small": "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip",
-    "diginetica": "https://competitions.codalab.org/competitions/11161",
-    "yoochoose": "https://recsys.acm.org/recsys15/challenge/",
-}
-
 
 def data_root() -> Path:
     """``$INTENTREC_DATA`` if set, else ``../shared/data`` relative to the working directory.

@@ -37,7 +37,7 @@ from intentrec.data import schema
 from intentrec.data.augment import AugmentMode, make_examples
 from intentrec.data.dataset import PreparedDataset
 from intentrec.data.filters import FilterPasses, RareItemPolicy, filter_sessions
-from intentrec.data.loaders import RawInteractions, load_source, locate_inputs
+from intentrec.data.loaders import RawInteractions, load_source, locate_inputs, source_defaults
 from intentrec.data.loaders.base import BadLinePolicy
 from intentrec.data.presets import get_preset
 from intentrec.data.sessions import Sessions, SessionStrategy, build_sessions
@@ -45,9 +45,6 @@ from intentrec.data.splits import SplitMethod, SplitSizes, split_order, split_si
 from intentrec.data.text import clean_text
 from intentrec.errors import ConfigError, DataError
 from intentrec.io import sha256_file
-
-#: Sources whose files already hold sessions; the others key by user.
-SESSION_KEYED_SOURCES = {"generic", "diginetica", "yoochoose"}
 
 
 class PrepareConfig(Config):
@@ -120,8 +117,10 @@ class PrepareOutcome:
 
 
 def resolve_config(source: str, protocol: str | None, params: dict[str, Any]) -> PrepareConfig:
-    """Protocol values overridden by explicit ``params`` (None values count as not given)."""
-    values: dict[str, Any] = {}
+    """The source's defaults, overridden by the protocol's values, overridden by explicit ``params``
+    (None values count as not given). A source's default session strategy is ``given`` when its
+    files hold session ids, ``user`` otherwise (its loader's ``key_kind``)."""
+    values: dict[str, Any] = dict(source_defaults(source))
     if protocol:
         preset = get_preset(protocol)
         if preset.source != source:
@@ -133,8 +132,8 @@ def resolve_config(source: str, protocol: str | None, params: dict[str, Any]) ->
             values.pop("test_days")  # an explicit --test-fraction replaces the preset's day cut
     values.update({k: v for k, v in params.items() if v is not None})
     config = PrepareConfig.build(values, where="prepare parameters")
-    if config.session is None:
-        config.session = "given" if source in SESSION_KEYED_SOURCES else "user"
+    if config.session is None:  # an unknown SOURCE (reported when its files are located)
+        config.session = "user"
     return config
 
 

@@ -29,10 +29,10 @@ from intentrec.data.loaders.base import (
     read_lines,
     to_events,
 )
+from intentrec.data.loaders.registry import Download, Loader, register_loader
 from intentrec.errors import DataError
 
 REVIEW_FIELDS = {"reviewerID": pa.string(), "asin": pa.string(), "unixReviewTime": pa.int64()}
-URL_KEYS = ["amazon-2014", "amazon-2018"]
 META_EXTRA = ["brand", "categories"]
 
 
@@ -52,7 +52,7 @@ def find_reviews(path: Path) -> tuple[str, Path, Path | None]:
             raise missing_input_error(
                 path,
                 "Amazon reviews (reviews_<Cat>[_5].json[.gz] or <Cat>[_5].json[.gz])",
-                url_keys=URL_KEYS,
+                source="amazon",
             )
         if len(candidates) > 1:
             names = ", ".join(p.name for p in candidates)
@@ -212,3 +212,33 @@ def _as_text(value: object) -> str | None:
         joined = " | ".join(p for p in parts if p)
         return joined or None
     return None
+
+
+@register_loader
+class AmazonLoader(Loader):
+    """McAuley-lab Amazon reviews; the key is the reviewer."""
+
+    name = "amazon"
+    key_kind = "user"
+    downloads = (
+        Download(
+            "amazon-2014",
+            page="https://cseweb.ucsd.edu/~jmcauley/datasets/amazon/links.html",
+            folder="amazon/<category>",
+            expect="reviews_<Cat>_5.json.gz and meta_<Cat>.json.gz",
+            how="the files are linked from a web page, one pair per category",
+        ),
+        Download(
+            "amazon-2018",
+            page="https://nijianmo.github.io/amazon/index.html",
+            folder="amazon/<category>",
+            expect="<Cat>_5.json.gz and meta_<Cat>.json.gz",
+            how="the page may ask you to fill in a form before it shows the file links",
+        ),
+    )
+
+    def locate(self, path: Path) -> list[Path]:
+        return [f for f in find_reviews(path)[1:] if f is not None]
+
+    def load(self, path: Path, bad: BadLines) -> RawInteractions:
+        return load_amazon(path, bad)

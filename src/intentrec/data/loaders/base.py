@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from intentrec.errors import DataError
-from intentrec.paths import OFFICIAL_URLS, data_root
+from intentrec.paths import data_root
 
 BadLinePolicy = Literal["error", "skip"]
 
@@ -325,9 +325,12 @@ def find_file(folder: Path, patterns: list[str]) -> Path | None:
     return None
 
 
-def missing_input_error(path: Path, what: str, *, url_keys: list[str]) -> DataError:
-    """A clear 'not found' error: where we looked and where the data can be downloaded."""
-    urls = "; ".join(f"{k}: {OFFICIAL_URLS[k]}" for k in url_keys if k in OFFICIAL_URLS)
+def missing_input_error(path: Path, what: str, *, source: str) -> DataError:
+    """A clear 'not found' error: where we looked and where ``source`` can be downloaded."""
+    from intentrec.data.loaders.registry import LOADERS  # the registry imports this module
+
+    downloads = LOADERS.get(source).downloads if source in LOADERS else ()
+    urls = "; ".join(f"{d.key}: {d.url}" for d in downloads)
     return DataError(
         f"{what} not found. Looked in {path} (data root: $INTENTREC_DATA or ../shared/data, "
         f"currently {data_root()}). Download: {urls}",

@@ -24,6 +24,7 @@ from intentrec.data.loaders.base import (
     require_columns,
     to_events,
 )
+from intentrec.data.loaders.registry import Download, Loader, register_loader
 
 FILES = [
     "train-item-views.csv",
@@ -36,7 +37,7 @@ FILES = [
 def locate_diginetica(path: Path) -> Path:
     views = path if path.is_file() else find_file(path, FILES)
     if views is None:
-        raise missing_input_error(path, "train-item-views.csv", url_keys=["diginetica"])
+        raise missing_input_error(path, "train-item-views.csv", source="diginetica")
     return views
 
 
@@ -70,3 +71,26 @@ def load_diginetica(path: Path, bad: BadLines) -> RawInteractions:
         bad_lines_skipped=bad.skipped,
         notes=["diginetica has no item titles"],
     )
+
+
+@register_loader
+class DigineticaLoader(Loader):
+    """CIKM Cup 2016 (DIGINETICA) item views; the key is the session id."""
+
+    name = "diginetica"
+    key_kind = "session"
+    downloads = (
+        Download(
+            "diginetica",
+            page="https://competitions.codalab.org/competitions/11161",
+            folder="diginetica",
+            expect="train-item-views.csv",
+            how="the competition page needs a login (a CodaLab account)",
+        ),
+    )
+
+    def locate(self, path: Path) -> list[Path]:
+        return [locate_diginetica(path)]
+
+    def load(self, path: Path, bad: BadLines) -> RawInteractions:
+        return load_diginetica(path, bad)

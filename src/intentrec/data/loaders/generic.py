@@ -26,6 +26,7 @@ from intentrec.data.loaders.base import (
     require_columns,
     to_events,
 )
+from intentrec.data.loaders.registry import Loader, register_loader
 from intentrec.errors import DataError
 
 INTERACTION_FILES = ["interactions.parquet", "interactions.csv", "interactions.csv.gz"]
@@ -37,7 +38,9 @@ def locate_generic(path: Path) -> tuple[Path, Path | None]:
     folder = path if path.is_dir() else path.parent
     interactions_path = path if path.is_file() else find_file(folder, INTERACTION_FILES)
     if interactions_path is None:
-        raise missing_input_error(folder, "interactions.csv or interactions.parquet", url_keys=[])
+        raise missing_input_error(
+            folder, "interactions.csv or interactions.parquet", source="generic"
+        )
     return interactions_path, find_file(folder, ITEM_FILES)
 
 
@@ -141,3 +144,18 @@ def _read_items(path: Path, bad: BadLines) -> pd.DataFrame:
     for column in ["title", *extra]:
         items[column] = items[column].astype(object).where(items[column].notna(), None)
     return items.drop_duplicates("item_id", keep="first").reset_index(drop=True)
+
+
+@register_loader
+class GenericLoader(Loader):
+    """Your own files. The key is the file's ``session_id``, whatever it holds (sessions or users)."""
+
+    name = "generic"
+    key_kind = "session"
+    downloads = ()  # nothing to download: bring your own interactions.csv
+
+    def locate(self, path: Path) -> list[Path]:
+        return [f for f in locate_generic(path) if f is not None]
+
+    def load(self, path: Path, bad: BadLines) -> RawInteractions:
+        return load_generic(path, bad)

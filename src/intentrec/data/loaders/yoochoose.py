@@ -18,6 +18,7 @@ from intentrec.data.loaders.base import (
     read_delimited,
     to_events,
 )
+from intentrec.data.loaders.registry import Download, Loader, register_loader
 
 FILES = ["yoochoose-clicks.dat", "yoochoose-clicks.dat.gz", "*clicks*.dat", "*clicks*.dat.gz"]
 COLUMNS = ["session_id", "timestamp", "item_id", "category"]
@@ -26,7 +27,7 @@ COLUMNS = ["session_id", "timestamp", "item_id", "category"]
 def locate_yoochoose(path: Path) -> Path:
     clicks = path if path.is_file() else find_file(path, FILES)
     if clicks is None:
-        raise missing_input_error(path, "yoochoose-clicks.dat", url_keys=["yoochoose"])
+        raise missing_input_error(path, "yoochoose-clicks.dat", source="yoochoose")
     return clicks
 
 
@@ -56,3 +57,26 @@ def load_yoochoose(path: Path, bad: BadLines) -> RawInteractions:
         bad_lines_skipped=bad.skipped,
         notes=["yoochoose has no item titles"],
     )
+
+
+@register_loader
+class YoochooseLoader(Loader):
+    """RecSys Challenge 2015 (YOOCHOOSE) clicks; the key is the session id."""
+
+    name = "yoochoose"
+    key_kind = "session"
+    downloads = (
+        Download(
+            "yoochoose",
+            page="https://recsys.acm.org/recsys15/challenge/",
+            folder="yoochoose",
+            expect="yoochoose-clicks.dat",
+            how="the challenge page links the data (a 7z archive, yoochoose-data.7z); unpack it",
+        ),
+    )
+
+    def locate(self, path: Path) -> list[Path]:
+        return [locate_yoochoose(path)]
+
+    def load(self, path: Path, bad: BadLines) -> RawInteractions:
+        return load_yoochoose(path, bad)
