@@ -260,6 +260,12 @@ def build_tables(
         "test_sessions": sizes.test,
         **example_stats,
         "bad_lines_skipped": raw.bad_lines_skipped,
+        # only when there were any: a new key would change every existing dataset's fingerprint
+        **(
+            {"duplicate_item_rows_collapsed": raw.duplicate_item_rows_collapsed}
+            if raw.duplicate_item_rows_collapsed
+            else {}
+        ),
         "raw_interactions": len(raw.events),
         "raw_sessions": raw_sessions,
         "sessions_after_filter": len(sessions),

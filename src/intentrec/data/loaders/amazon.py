@@ -24,6 +24,7 @@ from intentrec.data.loaders.base import (
     BadLines,
     Lines,
     RawInteractions,
+    collapse_duplicate_items,
     empty_items,
     missing_input_error,
     read_lines,
@@ -77,12 +78,13 @@ def load_amazon(path: Path, bad: BadLines) -> RawInteractions:
     events = to_events(reviews["reviewerID"], reviews["asin"], times, times)
     inputs = [reviews_path]
     notes = []
+    collapsed = 0
     if meta_path is None:
         items = empty_items(META_EXTRA)
         notes.append(f"no meta_*.json[.gz] next to {reviews_path.name}: items have no titles")
     else:
         inputs.append(meta_path)
-        items = _read_meta(meta_path, bad)
+        items, collapsed = _read_meta(meta_path, bad)
     return RawInteractions(
         source="amazon",
         variant=variant,
@@ -92,6 +94,7 @@ def load_amazon(path: Path, bad: BadLines) -> RawInteractions:
         inputs=inputs,
         bad_lines_skipped=bad.skipped,
         notes=notes,
+        duplicate_item_rows_collapsed=collapsed,
     )
 
 
@@ -162,8 +165,12 @@ def _review_problem(record: object) -> str | None:
     return None
 
 
-def _read_meta(path: Path, bad: BadLines) -> pd.DataFrame:
-    """Meta lines: strict JSON (2018) or Python dict literals (2014), one object per line."""
+def _read_meta(path: Path, bad: BadLines) -> tuple[pd.DataFrame, int]:
+    """Meta lines: strict JSON (2018) or Python dict literals (2014), one object per line.
+
+    An ``asin`` listed on several lines must have the same title, brand and categories on each
+    (collapsed and counted); otherwise it is an error naming both lines.
+    """
     lines = read_lines(path, "utf-8", bad)
     records = [_meta_record(text) for text in lines.text.to_pylist()]
     problems = [
@@ -186,7 +193,7 @@ def _read_meta(path: Path, bad: BadLines) -> pd.DataFrame:
         },
         dtype=object,
     )
-    return items.drop_duplicates("item_id", keep="first").reset_index(drop=True)
+    return collapse_duplicate_items(items, lines.numbers[keep], path)
 
 
 def _meta_record(text: str) -> dict | str:

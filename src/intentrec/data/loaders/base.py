@@ -47,6 +47,8 @@ class RawInteractions:
     inputs: list[Path]
     bad_lines_skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    #: rows of the item file that repeated an earlier row of the same item exactly (collapsed)
+    duplicate_item_rows_collapsed: int = 0
 
     @property
     def has_time(self) -> bool:
@@ -336,6 +338,50 @@ def missing_input_error(path: Path, what: str, *, source: str) -> DataError:
         f"currently {data_root()}). Download: {urls}",
         path=None,
     )
+
+
+def collapse_duplicate_items(
+    items: pd.DataFrame, line_numbers: np.ndarray, path: Path, *, unit: str = "line"
+) -> tuple[pd.DataFrame, int]:
+    """``items`` with one row per ``item_id``, and how many identical repeated rows were dropped.
+
+    A row that repeats an earlier row of the same item in every column is collapsed (and counted);
+    two rows of one item that differ in any column raise a DataError naming the file, the id and both
+    lines (``line_numbers[i]`` is the line of row ``i`` as the file shows it, header = line 1).
+    """
+    items = items.reset_index(drop=True)
+    line_numbers = np.asarray(line_numbers)
+    if not items["item_id"].duplicated().any():
+        return items, 0
+    columns = list(items.columns)
+    # None and NaN both mean "no value": compare them as equal
+    comparable = items.astype(object).where(items.notna(), None)
+    distinct = ~comparable.duplicated(columns, keep="first").to_numpy()
+    repeated_id = comparable["item_id"].duplicated(keep="first").to_numpy()
+    conflicting = np.flatnonzero(distinct & repeated_id)
+    if len(conflicting):
+        second = int(conflicting[0])
+        item_id = comparable.at[second, "item_id"]
+        first = int(np.flatnonzero((comparable["item_id"] == item_id).to_numpy())[0])
+        differing = [c for c in columns if comparable.at[first, c] != comparable.at[second, c]]
+
+        def values(row: int) -> str:
+            return ", ".join(f"{c}={_shorten(comparable.at[row, c])}" for c in differing)
+
+        raise DataError(
+            f"item_id {item_id!r} is listed twice with different values: "
+            f"{unit} {int(line_numbers[first])} ({values(first)}) and "
+            f"{unit} {int(line_numbers[second])} ({values(second)}); "
+            "keep one of them (rows repeated exactly are collapsed)",
+            path=path,
+        )
+    kept = items.loc[distinct].reset_index(drop=True)
+    return kept, int(len(items) - len(kept))
+
+
+def _shorten(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def empty_items(extra: list[str] | None = None) -> pd.DataFrame:

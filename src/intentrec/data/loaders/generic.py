@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from intentrec.data.loaders.base import (
     BadLines,
     RawInteractions,
+    collapse_duplicate_items,
     empty_items,
     find_file,
     missing_input_error,
@@ -69,9 +70,10 @@ def load_generic(path: Path, bad: BadLines) -> RawInteractions:
     inputs = [interactions_path]
     items = empty_items()
     notes = []
+    collapsed = 0
     if items_path is not None:
         inputs.append(items_path)
-        items = _read_items(items_path, bad)
+        items, collapsed = _read_items(items_path, bad)
     else:
         notes.append(f"no items.csv/items.parquet next to {interactions_path.name}: no titles")
     return RawInteractions(
@@ -83,6 +85,7 @@ def load_generic(path: Path, bad: BadLines) -> RawInteractions:
         inputs=inputs,
         bad_lines_skipped=bad.skipped,
         notes=notes,
+        duplicate_item_rows_collapsed=collapsed,
     )
 
 
@@ -126,7 +129,8 @@ def _timestamp_column(frame: pd.DataFrame, path: Path, bad: BadLines, unit: str)
     return frame
 
 
-def _read_items(path: Path, bad: BadLines) -> pd.DataFrame:
+def _read_items(path: Path, bad: BadLines) -> tuple[pd.DataFrame, int]:
+    """One row per item; identical repeated rows collapsed (and counted), conflicting ones an error."""
     frame, unit = _read_table(path, bad)
     require_columns(frame, path, ["item_id"])
     frame = nonempty_column(frame, "item_id", path, bad, unit=unit)
@@ -143,7 +147,7 @@ def _read_items(path: Path, bad: BadLines) -> pd.DataFrame:
     items = frame[["item_id", "title", *extra]].copy()
     for column in ["title", *extra]:
         items[column] = items[column].astype(object).where(items[column].notna(), None)
-    return items.drop_duplicates("item_id", keep="first").reset_index(drop=True)
+    return collapse_duplicate_items(items, frame["_line"].to_numpy(), path, unit=unit)
 
 
 @register_loader

@@ -16,6 +16,7 @@ import pandas as pd
 from intentrec.data.loaders.base import (
     BadLines,
     RawInteractions,
+    collapse_duplicate_items,
     empty_items,
     find_file,
     missing_input_error,
@@ -86,11 +87,12 @@ def load_movielens(path: Path, bad: BadLines) -> RawInteractions:
     inputs = [ratings_path]
     notes = []
     items = empty_items(["genres"])
+    collapsed = 0
     if movies_path is None:
         notes.append(f"no movie file next to {ratings_path.name}: items have no titles")
     else:
         inputs.append(movies_path)
-        items = _read_movies(variant, movies_path, bad)
+        items, collapsed = _read_movies(variant, movies_path, bad)
     return RawInteractions(
         source="movielens",
         variant=variant,
@@ -100,10 +102,11 @@ def load_movielens(path: Path, bad: BadLines) -> RawInteractions:
         inputs=inputs,
         bad_lines_skipped=bad.skipped,
         notes=notes,
+        duplicate_item_rows_collapsed=collapsed,
     )
 
 
-def _read_movies(variant: str, path: Path, bad: BadLines) -> pd.DataFrame:
+def _read_movies(variant: str, path: Path, bad: BadLines) -> tuple[pd.DataFrame, int]:
     if variant == "ml-1m":
         frame = split_fields(
             read_lines(path, "iso-8859-1", bad), path, "::", ["item_id", "title", "genres"], bad
@@ -126,7 +129,7 @@ def _read_movies(variant: str, path: Path, bad: BadLines) -> pd.DataFrame:
     frame = nonempty_column(frame, "item_id", path, bad)
     items = frame[["item_id", "title", "genres"]].copy()
     items["genres"] = items["genres"].where(items["genres"] != "(no genres listed)", None)
-    return items.drop_duplicates("item_id", keep="first").reset_index(drop=True)
+    return collapse_duplicate_items(items, frame["_line"].to_numpy(), path)
 
 
 _ML100K_GENRES = [
