@@ -25,7 +25,16 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-_COMMAND_MODULES = ("prepare", "train", "report", "semantic", "infer", "experiment", "candidates")
+_COMMAND_MODULES = (
+    "prepare",
+    "download",
+    "train",
+    "report",
+    "semantic",
+    "infer",
+    "experiment",
+    "candidates",
+)
 
 
 def _version(value: bool) -> None:
