@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from intentrec.cli.main import app
 from intentrec.errors import ConfigError
-from intentrec.semantic.candidates import ALL_RUN
+from intentrec.training.candidates import ALL_RUN
 
 from tests.helpers.tiny_dataset import write_tiny_dataset
 

@@ -14,11 +14,14 @@ class LastItemModel(Backbone):
         self.embedding = nn.Embedding(num_items + 1, 4, padding_idx=0)
 
     def encode(self, batch: SessionBatch) -> BackboneOutput:
-        last = self.embedding(batch.last_items())
+        last = self.embed_items(batch.last_items())
         return BackboneOutput(session=last, vectors={"local": last})
 
-    def item_embeddings(self) -> torch.Tensor:
+    def id_item_table(self) -> torch.Tensor:
         return self.embedding.weight[1:]
+
+    def embed_id_items(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.embedding(indices)
 
 
 def _examples(n: int, num_items: int, seed: int = 0) -> ExampleSet:

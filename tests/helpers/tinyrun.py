@@ -41,14 +41,17 @@ class MeanBackbone(Backbone):
         self.dropout = nn.Dropout(config.dropout)
 
     def encode(self, batch: SessionBatch) -> BackboneOutput:
-        emb = self.dropout(self.embedding(batch.items))
+        emb = self.dropout(self.embed_items(batch.items))
         mean = emb.sum(1) / batch.lengths.clamp(min=1).unsqueeze(1)
-        last = self.embedding(batch.last_items())
+        last = self.embed_items(batch.last_items())
         session = self.mix(torch.cat([last, mean], dim=1))
         return BackboneOutput(session=session, vectors={"local": last, "global": mean})
 
-    def item_embeddings(self) -> torch.Tensor:
+    def id_item_table(self) -> torch.Tensor:
         return self.embedding.weight[1:]
+
+    def embed_id_items(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.embedding(indices)
 
 
 if TEST_BACKBONE not in BACKBONES:

@@ -20,7 +20,7 @@ from intentrec.errors import ConfigError, DataError
 from intentrec.models.methods import FeatureTable, build_method
 from intentrec.models.methods.losses import ALIGNMENTS
 from intentrec.models.registry import BACKBONES, build_backbone, load_all
-from intentrec.semantic.dmsrec_intents import (
+from intentrec.models.methods.dmsrec_features import (
     group_means,
     llm_tables,
     normalise_title,
@@ -357,7 +357,7 @@ def test_end_to_end_titles_source_over_srgnn(tiny, tmp_path):
     from typer.testing import CliRunner
 
     from intentrec.cli.main import app
-    from intentrec.semantic.candidates import candidates_path
+    from intentrec.data.candidates import candidates_path
 
     config = {
         "encoder": ENCODER,
@@ -368,7 +368,15 @@ def test_end_to_end_titles_source_over_srgnn(tiny, tmp_path):
         "latent_top": 3,
     }
     from intentrec.training import train
+    from intentrec.training.candidates import build_declared_candidates
 
+    # prepare() never trains: without the candidate file, training stops and names the command that builds it
+    with pytest.raises(DataError, match="candidate file is missing; build it first with\n  intentrec candidates "):
+        train(tiny.path, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "run",
+              method="dmsrec", method_config=config, progress=False)
+    assert not candidates_path(tiny.path, "gcegnn", 2).exists()
+    built = build_declared_candidates(tiny.path, "srgnn", {"embedding_dim": 16}, "dmsrec", config, progress=False)
+    assert built is not None and built.path == candidates_path(tiny.path, "gcegnn", 2)
     result = train(tiny.path, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "run",
                    method="dmsrec", method_config=config, progress=False)
     semantic = result.metrics["semantic"]

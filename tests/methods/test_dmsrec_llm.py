@@ -19,7 +19,7 @@ def test_llm_source_with_a_real_small_llm(tmp_path):
 
     require_smollm2()
     pytest.importorskip("sentence_transformers")
-    from intentrec.semantic.candidates import cross_fit_candidates
+    from intentrec.training.candidates import cross_fit_candidates
     from intentrec.semantic.infer import load_candidates, run_inference
     from intentrec.semantic.llm import resolve_llm_identity
     from intentrec.semantic.llm.base import DecodingConfig

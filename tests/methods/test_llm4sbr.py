@@ -12,7 +12,7 @@ from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.models.methods import FeatureTable, build_method
 from intentrec.models.methods.losses import directau
 from intentrec.models.registry import build_backbone
-from intentrec.semantic.views import window_means
+from intentrec.models.methods.llm4sbr_features import window_means
 
 
 

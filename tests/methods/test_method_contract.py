@@ -117,9 +117,22 @@ def test_missing_features_are_refused_unless_restricted(method_name, tiny_datase
     present[::3] = False
     method.attach(synthetic_tables(method, ids=ids, present=present))
     with pytest.raises(DataError, match="have no text features"):
-        method.select_examples(examples, restrict=False)
-    kept = method.select_examples(examples, restrict=True)
+        method.select_examples(examples)
+    method.config.restrict_to_covered = True
+    kept = method.select_examples(examples)
     assert kept.example_ids.tolist() == ids[present].tolist()
+
+
+@pytest.mark.parametrize("method_name", METHODS.names())
+def test_integer_feature_tables_keep_their_dtype(method_name, tiny_dataset):
+    """Ids (candidates, token ids) must never pass through float16, which rounds 2049 to 2048."""
+    method = make(method_name, "srgnn", tiny_dataset)
+    ids = np.arange(4)
+    values = np.array([[2049, 12101], [1, 0], [65519, 7], [3, 4]], dtype=np.int64)
+    method.attach({"ids": FeatureTable(ids, values, np.array([True, True, True, False]))})
+    got = method.feature("ids", torch.tensor([0, 2, 3]))
+    assert got.dtype == torch.int64
+    assert got.tolist() == [[2049, 12101], [65519, 7], [0, 0]]
 
 
 @pytest.mark.parametrize("method_name", METHODS.names())

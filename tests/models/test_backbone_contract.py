@@ -93,7 +93,7 @@ def test_shapes_and_finite_outputs(name, tiny_dataset):
         scores = model.score(out)
         assert scores.shape == (b, n)
         assert torch.isfinite(out.session).all() and torch.isfinite(scores).all()
-    assert model.item_embeddings().shape == (n, d)
+    assert model.item_table().shape == (n, d)
 
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)

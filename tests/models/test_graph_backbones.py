@@ -48,7 +48,7 @@ def session_matrices(session):
 def gnn_by_hand(model, nodes, a_in, a_out):
     """SR-GNN's gated GNN for one session, written from the paper's equations."""
     layer = model.gnn.layer
-    h = model.item_table[torch.tensor(nodes) - 1]
+    h = model.id_table[torch.tensor(nodes) - 1]
     for _ in range(model.config.steps):
         m = torch.cat(
             [a_in @ layer.edge_in(h) + layer.bias_in, a_out @ layer.edge_out(h) + layer.bias_out], 1
@@ -91,7 +91,7 @@ def test_srgnn_matches_per_session_equations(steps):
             torch.testing.assert_close(out.vectors["global"][row], global_)
             session_vector = model.combine(torch.cat([local, global_]))
             torch.testing.assert_close(out.session[row], session_vector)
-        torch.testing.assert_close(model.score(out), out.session @ model.item_table.t())
+        torch.testing.assert_close(model.score(out), out.session @ model.id_table.t())
 
 
 def test_srgnn_defaults_are_the_papers():
@@ -122,9 +122,9 @@ def test_niser_normalises_and_scales():
         out = model.encode(batch)
         scores = model.score(out)
         torch.testing.assert_close(out.session.norm(dim=1), torch.ones(len(SESSIONS)))
-        torch.testing.assert_close(model.item_embeddings().norm(dim=1), torch.ones(NUM_ITEMS))
+        torch.testing.assert_close(model.item_table().norm(dim=1), torch.ones(NUM_ITEMS))
         assert scores.abs().max() <= 16.0 + 1e-4
-        cosine = F.normalize(out.session, dim=1) @ F.normalize(model.item_table, dim=1).t()
+        cosine = F.normalize(out.session, dim=1) @ F.normalize(model.id_table, dim=1).t()
         torch.testing.assert_close(scores, 16.0 * cosine)
         # A replaced (unnormalised) session vector is scored like its unit-length version.
         scaled = model.score(out.replace_session(3.0 * out.session))
@@ -137,10 +137,10 @@ def test_niser_plus_readout_by_hand():
         out = model.encode(SessionBatch.from_lists(SESSIONS))
         for row, session in enumerate(SESSIONS):
             nodes, alias, a_in, a_out = session_matrices(session)
-            original = model.item_table.clone()
-            model.item_table.copy_(F.normalize(original, dim=1))  # NISER feeds unit vectors
+            original = model.id_table.clone()
+            model.id_table.copy_(F.normalize(original, dim=1))  # NISER feeds unit vectors
             states = gnn_by_hand(model, nodes, a_in, a_out)
-            model.item_table.copy_(original)
+            model.id_table.copy_(original)
             # positions count back from the last click: the last click has position 0
             positions = torch.arange(len(session) - 1, -1, -1)
             clicks = states[alias] + model.position.weight[positions]
@@ -159,7 +159,7 @@ def test_niser_without_positions_is_normalised_srgnn():
     srgnn = build("srgnn")
     srgnn.load_state_dict(niser.state_dict())
     with torch.no_grad():
-        srgnn.item_table.copy_(F.normalize(niser.item_table, dim=1))
+        srgnn.id_table.copy_(F.normalize(niser.id_table, dim=1))
         batch = SessionBatch.from_lists(SESSIONS)
         torch.testing.assert_close(
             niser.encode(batch).session, F.normalize(srgnn.encode(batch).session, dim=1)
@@ -175,7 +175,7 @@ def test_tagnn_scores_match_per_item_loop():
     with torch.no_grad():
         out = model.encode(batch)
         scores = model.score(out)
-        items = model.item_table
+        items = model.id_table
         for row, session in enumerate(SESSIONS):
             local, _, clicks = srgnn_by_hand(model, session)
             att = model.attention
@@ -253,7 +253,7 @@ def test_gcsan_last_block_on_the_last_query_equals_running_every_block_in_full()
     with torch.no_grad():
         out = model.encode(batch)
         graph = session_graph(batch)
-        states = model.gnn(graph, model.item_table.index_select(0, graph.node_items - 1))
+        states = model.gnn(graph, model.id_table.index_select(0, graph.node_items - 1))
         attended = graph.gather_positions(states)
         for block in model.blocks:
             attended = block(attended, graph.position_mask)
@@ -311,7 +311,7 @@ def test_gcegnn_matches_per_session_equations(tiny):
     model.prepare(tiny)
     with torch.no_grad():
         out = model.encode(SessionBatch.from_lists(SESSIONS))
-        table, slope = model.item_table, 0.2
+        table, slope = model.id_table, 0.2
         for row, session in enumerate(SESSIONS):
             nodes, alias, _, a_out = session_matrices(session)
             h = table[torch.tensor(nodes) - 1]

@@ -11,14 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from intentrec.errors import ConfigError, DataError
-from intentrec.semantic.candidates import (
-    ALL_FOLD,
-    ALL_RUN,
-    assign_folds,
-    candidates_path,
-    cross_fit_candidates,
-    read_candidates,
-)
+from intentrec.data.candidates import candidates_path, read_candidates
+from intentrec.data.folds import assign_folds
+from intentrec.training.candidates import ALL_FOLD, ALL_RUN, cross_fit_candidates
 
 from tests.helpers.tiny_dataset import write_tiny_dataset
 

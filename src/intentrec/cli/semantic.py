@@ -65,10 +65,8 @@ def _encoder(spec: str, pooling: PoolingChoice | None, max_length: int | None):
 
 def resolve_llm_identity(spec: str) -> dict[str, str]:
     """The LLM's identity (sha256 of its weights) without loading it."""
-    try:
-        from intentrec.semantic.llm import resolve_llm_identity as resolve
-    except ImportError as exc:
-        raise IntentrecError(f"LLM backends are not available: {exc}") from None
+    from intentrec.semantic.llm import resolve_llm_identity as resolve
+
     return resolve(spec)
 
 

@@ -39,10 +39,6 @@ class RunSpec:
     order: int  # position in the expanded grid (report order)
 
     @property
-    def model_label(self) -> str:
-        return self.backbone if self.method is None else f"{self.backbone}+{self.method}"
-
-    @property
     def group(self) -> tuple[str, str, str | None, str]:
         """Runs that differ only by seed form one table row."""
         return (self.dataset, self.backbone, self.method, self.variant)
@@ -211,13 +207,11 @@ def check_settings(runs: list[RunSpec]) -> dict[str, str]:
 
 
 def _check_method(name: str, values: dict[str, Any], run_id: str) -> str | None:
-    try:
-        from intentrec.models.methods.registry import build_method_config, method_class
-    except ImportError as exc:
-        return f"methods cannot be imported ({exc})"
+    from intentrec.models.methods.registry import build_method_config, method_class
+
     try:
         method_class(name)
-    except (ConfigError, ImportError) as exc:
+    except ConfigError as exc:
         return str(exc)
     try:
         build_method_config(name, values)

@@ -244,14 +244,19 @@ class Backbone(SessionModel):
         rows = F.embedding((indices - 1).clamp(min=0), self.id_table)
         return rows * (indices > 0).unsqueeze(-1).to(rows.dtype)
 
+    def item_vectors(self) -> torch.Tensor:
+        """The items' input vectors ``[num_items, d]``: the ID table, through ``item_transform`` if set."""
+        table = self.id_item_table()
+        return table if self.item_transform is None else self.item_transform(table)
+
     def embed_items(self, indices: torch.Tensor) -> torch.Tensor:
         if self.item_transform is None:
             return self.embed_id_items(indices)
-        return F.embedding(indices, F.pad(self.item_table(), (0, 0, 1, 0)))
+        return F.embedding(indices, F.pad(self.item_vectors(), (0, 0, 1, 0)))
 
     def item_table(self) -> torch.Tensor:
-        table = self.id_item_table()
-        return table if self.item_transform is None else self.item_transform(table)
+        """The scoring table: ``item_vectors()`` (a backbone may post-process it, e.g. NISER normalises)."""
+        return self.item_vectors()
 
     def set_item_transform(self, transform: nn.Module | None) -> None:
         """Use ``transform(id_table)`` as the item table everywhere (its parameters train with the model)."""

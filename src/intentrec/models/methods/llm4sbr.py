@@ -135,12 +135,14 @@ class LLM4SBR(Method):
             return "its views come from LLM answers generated per dataset example (source=llm)"
         if cfg.shuffle_texts:
             return "it is the shuffled-texts control (its views belong to other examples)"
+        if getattr(self, "_catalogue32", None) is None:
+            return "the title catalogue is not loaded (call prepare(dataset) first)"
         return None
 
     def session_features(self, batch: SessionBatch) -> dict[str, torch.Tensor] | None:
         """The ``titles`` source for sessions outside the dataset: the same rule as the stored views."""
         cfg: LLM4SBRConfig = self.config
-        if self.serving_problem() is not None or getattr(self, "_catalogue32", None) is None:
+        if self.serving_problem() is not None:
             return None
         from intentrec.semantic.localization import l2_normalise, localize
         from intentrec.models.methods.llm4sbr_features import window_means

@@ -1,0 +1,52 @@
+"""Every registered SessionModel, built small over a tiny dataset, for the shared contract tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from intentrec.data.batch import SessionBatch
+from intentrec.models.base import SessionModel
+from intentrec.models.features import FeatureTable
+from intentrec.models.methods.registry import METHODS, build_method
+from intentrec.models.methods.registry import load_all as load_methods
+from intentrec.models.registry import BACKBONES, build_backbone
+from intentrec.models.registry import load_all as load_backbones
+
+load_backbones()
+load_methods()
+
+TEXT_DIM = 12
+SESSIONS = [[3], [1, 2], [5, 9, 4], [12, 3, 8, 30], [6, 6, 2], [10, 11, 12, 13, 14]]
+TARGETS = [4, 3, 11, 1, 14, 15]
+EXAMPLE_IDS = [0, 7, 3, 42, 5, 11]
+#: "backbone" or "method(backbone)" for every registered backbone and every method over every backbone
+MODEL_IDS = BACKBONES.names() + [f"{m}({b})" for m in METHODS.names() for b in BACKBONES.names()]
+
+
+def synthetic_tables(method, ids=np.arange(64), seed: int = 0, present=None) -> dict[str, FeatureTable]:
+    """Random unit vectors per example id for every feature the method reads."""
+    rng = np.random.default_rng(seed)
+    tables = {}
+    for name in method.feature_names():
+        vectors = rng.normal(size=(len(ids), TEXT_DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        tables[name] = FeatureTable(ids, vectors, np.ones(len(ids), bool) if present is None else present)
+    return tables
+
+
+def build(model_id: str, dataset, seed: int = 0, config: dict | None = None) -> SessionModel:
+    """The model named by ``model_id``, with synthetic features for a method (no LLM, no files)."""
+    torch.manual_seed(seed)
+    method, _, backbone = model_id.rstrip(")").rpartition("(")
+    model = build_backbone(backbone, dataset.num_items, dict(config or {}))
+    model.prepare(dataset)
+    if not method:
+        return model
+    wrapped = build_method(method, model, {})
+    wrapped.attach(synthetic_tables(wrapped))
+    return wrapped
+
+
+def batch() -> SessionBatch:
+    return SessionBatch.from_lists(SESSIONS, targets=TARGETS, example_ids=EXAMPLE_IDS)
