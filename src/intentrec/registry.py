@@ -26,6 +26,11 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests that register a throwaway component); unknown names are an error."""
+        self.get(name)
+        del self._entries[name]
+
     def get(self, name: str) -> type[T]:
         try:
             return self._entries[name]

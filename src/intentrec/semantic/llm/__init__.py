@@ -10,69 +10,32 @@ A spec is one of
 
 Options (``**opts``) go to the backend's config (:class:`LlamaCppConfig`, :class:`HFConfig`,
 :class:`OpenAIConfig`); unknown keys are rejected.
+
+The backend is chosen by the registry :data:`BACKENDS` alone: each registered backend class says
+which specs it claims (see :mod:`intentrec.semantic.llm.base`), so a new backend is one registered
+class, with no change here.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from intentrec.errors import ConfigError, IntentrecError
-from intentrec.semantic.llm.base import BACKENDS, DecodingConfig, Generation, LLMBackend
-from intentrec.semantic.llm.models import (
-    DEFAULT_MODEL,
-    SHIPPED,
-    cached_sha256,
-    ensure_shipped_model,
-    folder_sha256,
+from intentrec.semantic.llm.base import (
+    BACKENDS,
+    DecodingConfig,
+    Generation,
+    LLMBackend,
+    LLMSpec,
+    choose_backend,
+    load_all,
 )
-
-
-@dataclass(frozen=True)
-class LLMSpec:
-    backend: str  # llamacpp | transformers | openai
-    target: str  # shipped name, file/folder path, or base URL
-    model: str | None = None  # served model name (openai)
-    shipped: bool = False
+from intentrec.semantic.llm.models import DEFAULT_MODEL
 
 
 def parse_spec(spec: str, opts: dict[str, Any] | None = None) -> LLMSpec:
+    """Split a spec with the backend that claims it; unknown specs name the known forms."""
     spec = (spec or "").strip()
-    if not spec:
-        raise ConfigError("empty --llm; give a model name (" + ", ".join(sorted(SHIPPED)) + "), a .gguf path, hf:PATH or a URL")
-    if spec in SHIPPED:
-        return LLMSpec("llamacpp", spec, shipped=True)
-    if spec.startswith(("http://", "https://")):
-        url, _, fragment = spec.partition("#")
-        model = (opts or {}).get("model") or fragment or None
-        return LLMSpec("openai", url.rstrip("/"), model=model)
-    if spec.startswith("hf:"):
-        path = Path(spec[3:]).expanduser()
-        if not path.is_dir():
-            raise IntentrecError(f"--llm {spec}: no Hugging Face model folder at {path}")
-        return LLMSpec("transformers", str(path.resolve()))
-    if spec.lower().endswith(".gguf"):
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise IntentrecError(f"--llm {spec}: GGUF file not found")
-        return LLMSpec("llamacpp", str(path.resolve()))
-    raise ConfigError(
-        f"--llm {spec!r} is not a known model ({', '.join(sorted(SHIPPED))}), a .gguf file, "
-        "hf:PATH or an http(s):// URL"
-    )
-
-
-def _openai_identity(model: str | None, opts: dict[str, Any]) -> dict[str, str]:
-    if not model:
-        raise ConfigError(
-            "an OpenAI-compatible --llm URL needs the served model name: URL#MODEL or the 'model' option"
-        )
-    # A server does not tell which weights it serves; the name stands in for them unless the user
-    # pins the weights' sha256 (e.g. of the GGUF that llama_cpp.server loaded).
-    sha = opts.get("model_sha256") or hashlib.sha256(f"openai-model:{model}".encode()).hexdigest()
-    return {"backend": "openai", "model": str(model), "model_sha256": str(sha)}
+    return choose_backend(spec).parse_spec(spec, dict(opts or {}))
 
 
 def resolve_llm_identity(spec: str, **opts: Any) -> dict[str, str]:
@@ -82,36 +45,13 @@ def resolve_llm_identity(spec: str, **opts: Any) -> dict[str, str]:
     files are hashed once and cached by path, size and mtime.
     """
     parsed = parse_spec(spec, opts)
-    if parsed.backend == "openai":
-        return _openai_identity(parsed.model, opts)
-    if parsed.shipped:
-        return {"backend": "llamacpp", "model": parsed.target, "model_sha256": SHIPPED[parsed.target].sha256}
-    if parsed.backend == "llamacpp":
-        return {"backend": "llamacpp", "model": Path(parsed.target).name, "model_sha256": cached_sha256(parsed.target)}
-    return {"backend": "transformers", "model": Path(parsed.target).name, "model_sha256": folder_sha256(parsed.target)}
+    return BACKENDS.get(parsed.backend).spec_identity(parsed, opts)
 
 
 def get_llm(spec: str = DEFAULT_MODEL, **opts: Any) -> LLMBackend:
     """Load the backend a spec names (see the module docstring)."""
     parsed = parse_spec(spec, opts)
-    if parsed.backend == "llamacpp":
-        from intentrec.semantic.llm.llamacpp import LlamaCppBackend, LlamaCppConfig
-
-        config = LlamaCppConfig.build(opts, where=f"llamacpp options for {spec}")
-        path = ensure_shipped_model(parsed.target) if parsed.shipped else Path(parsed.target)
-        return LlamaCppBackend(path, resolve_llm_identity(spec), config)
-    if parsed.backend == "transformers":
-        from intentrec.semantic.llm.hf import HFConfig, TransformersBackend
-
-        config = HFConfig.build(opts, where=f"transformers options for {spec}")
-        return TransformersBackend(parsed.target, resolve_llm_identity(spec), config)
-    from intentrec.semantic.llm.openai_backend import OpenAIBackend, OpenAIConfig
-
-    values = dict(opts)
-    if parsed.model:
-        values["model"] = parsed.model
-    config = OpenAIConfig.build(values, where=f"openai options for {spec}")
-    return OpenAIBackend(parsed.target, _openai_identity(config.model, values), config)
+    return BACKENDS.get(parsed.backend).from_spec(parsed, opts, text=spec)
 
 
 __all__ = [
@@ -121,7 +61,9 @@ __all__ = [
     "Generation",
     "LLMBackend",
     "LLMSpec",
+    "choose_backend",
     "get_llm",
+    "load_all",
     "parse_spec",
     "resolve_llm_identity",
 ]

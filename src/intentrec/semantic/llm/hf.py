@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -23,10 +25,12 @@ from intentrec.semantic.llm.base import (
     DecodingConfig,
     Generation,
     LLMBackend,
+    LLMSpec,
     OnResult,
     Prompt,
     check_prompts,
 )
+from intentrec.semantic.llm.models import folder_sha256
 
 
 class HFConfig(Config):
@@ -42,6 +46,34 @@ def _fallback_render(messages: Prompt) -> str:
 
 @BACKENDS.register("transformers")
 class TransformersBackend(LLMBackend):
+    """Specs: ``hf:PATH``, a local Hugging Face causal-LM folder."""
+
+    spec_priority = 10  # a prefix form: ``hf:dir.gguf`` is a folder, not a GGUF file
+
+    @classmethod
+    def claims(cls, spec: str) -> bool:
+        return spec.startswith("hf:")
+
+    @classmethod
+    def spec_forms(cls) -> list[str]:
+        return ["hf:PATH"]
+
+    @classmethod
+    def parse_spec(cls, spec: str, opts: dict[str, Any]) -> LLMSpec:
+        path = Path(spec[3:]).expanduser()
+        if not path.is_dir():
+            raise IntentrecError(f"--llm {spec}: no Hugging Face model folder at {path}")
+        return LLMSpec(cls.registry_name, str(path.resolve()))
+
+    @classmethod
+    def spec_identity(cls, spec: LLMSpec, opts: dict[str, Any]) -> dict[str, str]:
+        return {"backend": "transformers", "model": Path(spec.target).name, "model_sha256": folder_sha256(spec.target)}
+
+    @classmethod
+    def from_spec(cls, spec: LLMSpec, opts: dict[str, Any], *, text: str) -> TransformersBackend:
+        config = HFConfig.build(opts, where=f"transformers options for {text}")
+        return cls(spec.target, cls.spec_identity(spec, {}), config)
+
     def __init__(self, path: str, identity: dict[str, str], config: HFConfig):
         try:
             import torch

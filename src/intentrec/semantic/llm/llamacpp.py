@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -37,10 +38,12 @@ from intentrec.semantic.llm.base import (
     DecodingConfig,
     Generation,
     LLMBackend,
+    LLMSpec,
     OnResult,
     Prompt,
     check_prompts,
 )
+from intentrec.semantic.llm.models import SHIPPED, cached_sha256, ensure_shipped_model
 
 
 class LlamaCppConfig(Config):
@@ -114,6 +117,38 @@ def split_runs(order: Sequence[int], n: int) -> list[list[int]]:
 
 @BACKENDS.register("llamacpp")
 class LlamaCppBackend(LLMBackend):
+    """Specs: a shipped model's short name, or a path ending in ``.gguf``."""
+
+    @classmethod
+    def claims(cls, spec: str) -> bool:
+        return spec in SHIPPED or spec.lower().endswith(".gguf")
+
+    @classmethod
+    def spec_forms(cls) -> list[str]:
+        return [f"a known model ({', '.join(sorted(SHIPPED))})", "a .gguf file"]
+
+    @classmethod
+    def parse_spec(cls, spec: str, opts: dict[str, Any]) -> LLMSpec:
+        if spec in SHIPPED:
+            return LLMSpec(cls.registry_name, spec, shipped=True)
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise IntentrecError(f"--llm {spec}: GGUF file not found")
+        return LLMSpec(cls.registry_name, str(path.resolve()))
+
+    @classmethod
+    def spec_identity(cls, spec: LLMSpec, opts: dict[str, Any]) -> dict[str, str]:
+        # Shipped models use their pinned sha256: no hashing, and the packages need not be installed.
+        if spec.shipped:
+            return {"backend": "llamacpp", "model": spec.target, "model_sha256": SHIPPED[spec.target].sha256}
+        return {"backend": "llamacpp", "model": Path(spec.target).name, "model_sha256": cached_sha256(spec.target)}
+
+    @classmethod
+    def from_spec(cls, spec: LLMSpec, opts: dict[str, Any], *, text: str) -> LlamaCppBackend:
+        config = LlamaCppConfig.build(opts, where=f"llamacpp options for {text}")
+        path = ensure_shipped_model(spec.target) if spec.shipped else Path(spec.target)
+        return cls(path, cls.spec_identity(spec, {}), config)
+
     def __init__(self, model_path: str | os.PathLike[str], identity: dict[str, str], config: LlamaCppConfig):
         llama_cpp = _import_llama_cpp()
         self._lib = llama_cpp

@@ -8,20 +8,23 @@ capped at ``backoff_max_s``. The client's own retries are switched off so the po
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Any
 
 from pydantic import Field
 
 from intentrec.config import Config
-from intentrec.errors import IntentrecError
+from intentrec.errors import ConfigError, IntentrecError
 from intentrec.semantic.llm.base import (
     BACKENDS,
     DecodingConfig,
     Generation,
     LLMBackend,
+    LLMSpec,
     OnResult,
     Prompt,
     check_prompts,
@@ -55,8 +58,49 @@ def _retryable(exc: BaseException) -> bool:
     return False
 
 
+def _openai_identity(model: str | None, opts: dict[str, Any]) -> dict[str, str]:
+    if not model:
+        raise ConfigError(
+            "an OpenAI-compatible --llm URL needs the served model name: URL#MODEL or the 'model' option"
+        )
+    # A server does not tell which weights it serves; the name stands in for them unless the user
+    # pins the weights' sha256 (e.g. of the GGUF that llama_cpp.server loaded).
+    sha = opts.get("model_sha256") or hashlib.sha256(f"openai-model:{model}".encode()).hexdigest()
+    return {"backend": "openai", "model": str(model), "model_sha256": str(sha)}
+
+
 @BACKENDS.register("openai")
 class OpenAIBackend(LLMBackend):
+    """Specs: an ``http(s)://`` base URL; the model name after ``#`` or as the ``model`` option."""
+
+    spec_priority = 10  # a prefix form: ``http://h/v1#m.gguf`` names a served model
+
+    @classmethod
+    def claims(cls, spec: str) -> bool:
+        return spec.startswith(("http://", "https://"))
+
+    @classmethod
+    def spec_forms(cls) -> list[str]:
+        return ["an http(s):// URL"]
+
+    @classmethod
+    def parse_spec(cls, spec: str, opts: dict[str, Any]) -> LLMSpec:
+        url, _, fragment = spec.partition("#")
+        model = opts.get("model") or fragment or None
+        return LLMSpec(cls.registry_name, url.rstrip("/"), model=model)
+
+    @classmethod
+    def spec_identity(cls, spec: LLMSpec, opts: dict[str, Any]) -> dict[str, str]:
+        return _openai_identity(spec.model, opts)
+
+    @classmethod
+    def from_spec(cls, spec: LLMSpec, opts: dict[str, Any], *, text: str) -> OpenAIBackend:
+        values = dict(opts)
+        if spec.model:
+            values["model"] = spec.model
+        config = OpenAIConfig.build(values, where=f"openai options for {text}")
+        return cls(spec.target, _openai_identity(config.model, values), config)
+
     def __init__(self, base_url: str, identity: dict[str, str], config: OpenAIConfig):
         try:
             import openai
