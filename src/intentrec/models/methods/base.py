@@ -233,8 +233,9 @@ class Method(SessionModel):
     # ---------------------------------------------------------------- serving new sessions
     def session_features(self, batch: SessionBatch) -> dict[str, torch.Tensor] | None:
         """Features of sessions that are not dataset examples, computed now; None if the source
-        cannot (e.g. LLM answers that were never generated for them)."""
-        return None
+        cannot (e.g. LLM answers that were never generated for them). A method that reads no
+        per-example features needs none."""
+        return {} if not self.feature_names() else None
 
     @contextmanager
     def features_for(self, features: dict[str, torch.Tensor]) -> Iterator[None]:
