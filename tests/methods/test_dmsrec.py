@@ -371,7 +371,7 @@ def test_end_to_end_titles_source_over_srgnn(tiny, tmp_path):
     from intentrec.training.candidates import build_declared_candidates
 
     # prepare() never trains: without the candidate file, training stops and names the command that builds it
-    with pytest.raises(DataError, match="candidate file is missing; build it first with\n  intentrec candidates "):
+    with pytest.raises(DataError, match="candidate file this run reads is missing; build it first with\n  intentrec candidates "):
         train(tiny.path, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "run",
               method="dmsrec", method_config=config, progress=False)
     assert not candidates_path(tiny.path, "gcegnn", 2).exists()
@@ -379,6 +379,10 @@ def test_end_to_end_titles_source_over_srgnn(tiny, tmp_path):
     assert built is not None and built.path == candidates_path(tiny.path, "gcegnn", 2)
     result = train(tiny.path, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "run",
                    method="dmsrec", method_config=config, progress=False)
+    # a file built with other settings than the run declares is refused, never used silently
+    with pytest.raises(DataError, match=r"built with other settings \(trainer differ\)"):
+        train(tiny.path, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "other",
+              method="dmsrec", method_config={**config, "candidate_epochs": 2}, progress=False)
     semantic = result.metrics["semantic"]
     assert semantic["source"] == "titles" and semantic["alignment"] == "kl"
     assert semantic["views"] == ["explicit", "latent"]

@@ -57,7 +57,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from intentrec.data import schema
-from intentrec.data.candidates import FORMAT, CandidateSpec, candidates_path, provenance_path
+from intentrec.data.candidates import FORMAT, CandidateSpec, candidates_path, provenance_path, read_provenance
 from intentrec.data.dataset import ExampleSet, PreparedDataset
 from intentrec.data.folds import assign_folds, column, ids_sha256, write_fold_dataset
 from intentrec.errors import ConfigError, DataError
@@ -83,6 +83,62 @@ class CandidateResult:
 def _settings_key(settings: dict[str, Any]) -> str:
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _file_settings(
+    fingerprint: str,
+    model: str,
+    model_config: dict[str, Any] | None,
+    trainer_config: dict[str, Any] | None,
+    folds: int,
+    top: int,
+    seed: int,
+    leaky: bool,
+) -> dict[str, Any]:
+    """What a candidate file's content depends on (recorded in its provenance, compared on reuse)."""
+    _, model_cfg, trainer_cfg = build_configs(model, model_config, trainer_config)
+    return {
+        "format": FORMAT,
+        "dataset_fingerprint": fingerprint,
+        "model": model,
+        "model_config": model_cfg.model_dump(mode="json"),
+        # what changes the candidates: not the device, threads or evaluation batch size
+        "trainer": {**trainer_cfg.resume_key(), "epochs": trainer_cfg.epochs},
+        "folds": folds,
+        "top": top,
+        "seed": seed,
+        "leaky": leaky,
+    }
+
+
+def require_candidates(dataset_dir: str | Path, spec: CandidateSpec) -> None:
+    """Check that the candidate file ``spec`` declares exists and was built with its settings.
+
+    A missing or outdated file is an error naming the command that builds it; nothing is trained here.
+    A file the user gave (``spec.given``) is taken as it is.
+    """
+    if spec.given:
+        return
+    path = spec.path(dataset_dir)
+    command = spec.build_command(dataset_dir)
+    if not path.is_file():
+        raise DataError(
+            f"the candidate file this run reads is missing; build it first with\n  {command}\n"
+            "(the experiment runner builds it by itself)",
+            path=path,
+        )
+    expected = _file_settings(
+        dataset_fingerprint(dataset_dir), spec.model, spec.model_config, spec.trainer_config,
+        spec.folds, spec.top, spec.seed, spec.leaky,
+    )
+    stored = read_provenance(path).get("settings")
+    if stored != expected:
+        differ = sorted(k for k in set(expected) | set(stored or {}) if (stored or {}).get(k) != expected.get(k))
+        raise DataError(
+            f"the candidate file was built with other settings ({', '.join(differ)} differ) than this run "
+            f"declares; rebuild it with\n  {command}",
+            path=path,
+        )
 
 
 def _say(progress: bool, message: str) -> None:
@@ -129,18 +185,7 @@ def cross_fit_candidates(
         raise ConfigError(f"candidates: folds must be >= 1, got {folds}")
     _, model_cfg, trainer_cfg = build_configs(model, model_config, trainer_config)
     fingerprint = dataset_fingerprint(dataset_dir)
-    settings = {
-        "format": FORMAT,
-        "dataset_fingerprint": fingerprint,
-        "model": model,
-        "model_config": model_cfg.model_dump(mode="json"),
-        # what changes the candidates: not the device, threads or evaluation batch size
-        "trainer": {**trainer_cfg.resume_key(), "epochs": trainer_cfg.epochs},
-        "folds": folds,
-        "top": top,
-        "seed": seed,
-        "leaky": leaky,
-    }
+    settings = _file_settings(fingerprint, model, model_config, trainer_config, folds, top, seed, leaky)
     path = Path(out) if out is not None else candidates_path(dataset_dir, model, folds, leaky)
     prov_path = provenance_path(path)
     lock = path.with_name(path.name + ".lock")

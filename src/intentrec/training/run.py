@@ -231,6 +231,15 @@ def write_record(run: RunDir, record: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- loading a run
 
 
+def require_inputs(model: SessionModel, dataset: PreparedDataset) -> None:
+    """Files a model declares that an explicit step builds (a candidate file) exist and are current."""
+    spec = model.needs().candidates
+    if spec is not None:
+        from intentrec.training.candidates import require_candidates
+
+        require_candidates(dataset.path, spec)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -292,6 +301,7 @@ def load_run(
     method_cfg = build_method_config(method, record["method"]["config"]) if method else None
     dev = resolve_device(device)
     model = build_session_model(model_name, model_cfg, dataset.num_items, method, method_cfg)
+    require_inputs(model, dataset)
     model.prepare(dataset)
     if not run.best.is_file():
         raise DataError(f"{BEST} is missing; the run has not completed an epoch", path=run.path)

@@ -48,6 +48,7 @@ from intentrec.training.run import (
     LOCK,
     RunDir,
     build_configs,
+    require_inputs,
     resolve_device,
     resume_mismatches,
     run_record,
@@ -224,6 +225,7 @@ class _Loop:
 
         seed_everything(cfg.seed)
         self.model = build_session_model(backbone, model_cfg, dataset.num_items, method, method_cfg)
+        require_inputs(self.model, dataset)
         self.model.prepare(dataset)
         self.model.to(self.device)
         # A model may lack features for some examples (an LLM stage that did not reach them): it

@@ -123,7 +123,14 @@ class DMsRec(Method):
     def feature_names(self) -> tuple[str, ...]:
         return self.config.groups()
 
-    def candidate_spec(self) -> CandidateSpec:
+    def candidate_spec(self) -> CandidateSpec | None:
+        """The candidate file the ``titles`` source reads (the ``llm`` source reads answers instead)."""
+        cfg: DMsRecConfig = self.config
+        if cfg.source != "titles":
+            return None
+        return self._spec()
+
+    def _spec(self) -> CandidateSpec:
         cfg: DMsRecConfig = self.config
         return CandidateSpec(
             model=cfg.candidates_model,
@@ -140,7 +147,7 @@ class DMsRec(Method):
     def candidate_file(self, dataset: PreparedDataset) -> tuple[Path, dict[str, Any]]:
         """The candidate file to read and its provenance; a missing file says which command builds it."""
         cfg: DMsRecConfig = self.config
-        spec = self.candidate_spec()
+        spec = self._spec()
         path = spec.path(dataset.path)
         if cfg.candidates_file:
             info = read_provenance(path)
@@ -172,7 +179,7 @@ class DMsRec(Method):
         else:
             from intentrec.semantic.llm import resolve_llm_identity
 
-            path = self.candidate_spec().path(dataset.path)
+            path = self._spec().path(dataset.path)
             self._candidates = {"file": str(path) if path.is_file() else None, "leaky": cfg.leaky_candidates,
                                 "note": "source=llm: the answers were generated from the candidates given to 'intentrec infer'"}
             tables = llm_tables(dataset.path, encoder, llm_identity=resolve_llm_identity(cfg.llm), store_path=cfg.store)
