@@ -15,8 +15,18 @@ from intentrec.io import atomic_open, write_json
 from intentrec.paths import data_root
 
 __all__ = [
-    "REPO", "add_malloc_tuning_flag", "apply_malloc_tuning", "beauty_train_examples", "command_line", "fmt_pct", "load_records", "machine", "mean_std", "prepare_beauty",
-    "save_record", "write_markdown",
+    "REPO",
+    "add_malloc_tuning_flag",
+    "apply_malloc_tuning",
+    "beauty_train_examples",
+    "command_line",
+    "fmt_pct",
+    "load_records",
+    "machine",
+    "mean_std",
+    "prepare_beauty",
+    "save_record",
+    "write_markdown",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +42,9 @@ def command_line() -> str:
 def add_malloc_tuning_flag(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """``--malloc-tuning / --no-malloc-tuning`` (default on): measure ours as the trainer runs it."""
     parser.add_argument(
-        "--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
+        "--malloc-tuning",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help=help or "keep freed tensors in the heap, as the trainer does by default",
     )
 

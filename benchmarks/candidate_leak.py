@@ -57,8 +57,9 @@ def main() -> None:
     dataset = PreparedDataset(dataset_dir)
     rows = []
     for model in args.models:
-        common = dict(model=model, top=args.top, progress=True,
-                      trainer_config={"epochs": args.epochs})  # the grid's settings, so files are shared
+        common = dict(
+            model=model, top=args.top, progress=True, trainer_config={"epochs": args.epochs}
+        )  # the grid's settings, so files are shared
         # The leaky file uses only the all-train run, so one leaky row per model.
         for folds, leaky in [(k, False) for k in args.folds] + [(args.folds[0], True)]:
             result = cross_fit_candidates(dataset_dir, folds=folds, leaky=leaky, **common)
@@ -76,8 +77,10 @@ def main() -> None:
         "",
         "| candidate model | candidates of the train examples | train | valid | test |",
         "|---|---|---:|---:|---:|",
-        *[f"| {model} | {name} | " + " | ".join(f"{100 * r[s]:.2f}%" for s in ("train", "valid", "test")) + " |"
-          for model, name, r in rows],
+        *[
+            f"| {model} | {name} | " + " | ".join(f"{100 * r[s]:.2f}%" for s in ("train", "valid", "test")) + " |"
+            for model, name, r in rows
+        ],
         "",
         "Valid and test examples are scored by the model trained on all train examples in every row of a "
         "model, so their candidates are the same. Only the training signal differs: leaky training "

@@ -65,7 +65,12 @@ def run_seed(dataset, examples, probe, seed: int, steps: int) -> dict:
         optimizer.step()
         losses.append(loss.item())
     per_100 = np.asarray(losses[: len(losses) // 100 * 100]).reshape(-1, 100).mean(axis=1)
-    return {"seed": seed, "loss_per_100": per_100.tolist(), "zero_init": at_init, "zero_after": zero_share(model, probe)}
+    return {
+        "seed": seed,
+        "loss_per_100": per_100.tolist(),
+        "zero_init": at_init,
+        "zero_after": zero_share(model, probe),
+    }
 
 
 def grid_hr20(seed: int) -> str:
@@ -90,8 +95,11 @@ def main() -> None:
     for seed in args.seeds:
         result = run_seed(dataset, examples, probe, seed, args.steps)
         rows.append(result)
-        print(f"seed {seed}: loss per 100 steps {[round(x, 3) for x in result['loss_per_100']]}, "
-              f"zero global outputs {result['zero_init']:.3f} → {result['zero_after']:.3f}", flush=True)
+        print(
+            f"seed {seed}: loss per 100 steps {[round(x, 3) for x in result['loss_per_100']]}, "
+            f"zero global outputs {result['zero_init']:.3f} → {result['zero_after']:.3f}",
+            flush=True,
+        )
 
     blocks = max(len(r["loss_per_100"]) for r in rows)
     header = " | ".join(f"loss {100 * i + 1}–{100 * (i + 1)}" for i in range(blocks))
@@ -111,7 +119,9 @@ def main() -> None:
     ]
     for r in rows:
         cells = " | ".join(f"{x:.3f}" for x in r["loss_per_100"])
-        lines.append(f"| {r['seed']} | {cells} | {r['zero_init']:.3f} | {r['zero_after']:.3f} | {grid_hr20(r['seed'])} |")
+        lines.append(
+            f"| {r['seed']} | {cells} | {r['zero_init']:.3f} | {r['zero_after']:.3f} | {grid_hr20(r['seed'])} |"
+        )
     text = "\n".join(lines) + "\n"
     write_markdown(args.out, text)
     print(text)

@@ -38,13 +38,19 @@ def run_llm_stage(dataset: Path, llm: str, threads: int, n_parallel: int) -> lis
     for template in TEMPLATES:
         for split in SPLITS:
             report = run_inference(
-                dataset, template=template, llm=llm, split=split, progress=True,
+                dataset,
+                template=template,
+                llm=llm,
+                split=split,
+                progress=True,
                 llm_options={"n_threads": threads, "n_parallel": n_parallel},
             ).to_dict()
             path = RECORDS / f"{template}.{split}.json"
             if report["generated"] > 0 or not path.is_file():
                 write_json(path, {**report, "command": command_line(), "machine": machine()})
-            reports.append(json.loads(path.read_text()) | {"covered_now": report["covered"], "examples_now": report["examples"]})
+            reports.append(
+                json.loads(path.read_text()) | {"covered_now": report["covered"], "examples_now": report["examples"]}
+            )
     return reports
 
 
@@ -62,9 +68,12 @@ def llm_table(reports: list[dict]) -> list[str]:
         )
     generated = sum(r["generated"] for r in reports)
     seconds = sum(r["seconds"] for r in reports if r["generated"])
-    lines += ["", f"Overall: {generated} prompts generated in {seconds / 60:.1f} min, "
-              f"**{seconds / max(generated, 1):.2f} s per prompt** (model `{reports[0]['model']}`, "
-              f"backend {reports[0]['backend']})."]
+    lines += [
+        "",
+        f"Overall: {generated} prompts generated in {seconds / 60:.1f} min, "
+        f"**{seconds / max(generated, 1):.2f} s per prompt** (model `{reports[0]['model']}`, "
+        f"backend {reports[0]['backend']}).",
+    ]
     return lines
 
 
@@ -100,35 +109,37 @@ def main() -> None:
     n_test, n_train, n_items = len(prepared.examples("test")), len(prepared.examples("train")), prepared.num_items
     runs_md = render_markdown(report).split("\n", 1)[1]  # drop its title
     runs_md = "\n".join(("#" + line) if line.startswith("## ") else line for line in runs_md.splitlines())
-    text = "\n".join([
-        "# The `llm` intent source end to end on a real subset",
-        "",
-        f"Produced by `{command_line()}` on {machine()}.",
-        "",
-        f"Data: the first {args.sessions} Beauty sessions (`intentrec prepare ... --protocol llm4sbr-beauty "
-        f"--max-sessions {args.sessions}`), so the catalogue is the subset's own items. Every example of every "
-        "split is asked both LLM4SBR views; the `llm` rows use those answers (parsed, encoded with MiniLM, "
-        "localized with k = 3), the `titles` rows the session's own titles (docs/methods.md).",
-        "",
-        "## LLM stage",
-        "",
-        *llm_table(reports),
-        "",
-        "Seconds are those of the call that generated the answers, as recorded in "
-        "`benchmarks/records/llm-intents-mini/infer/` with its command (answers already in the store are "
-        "reused, not regenerated, and keep their first record). In this run all six calls were made by "
-        "`intentrec infer ... --llm qwen0.5b --llm-set n_threads=1 --llm-set n_parallel=8` while a training "
-        "job shared the 2 cores.",
-        "",
-        "## Metrics",
-        "",
-        f"Read with care: the test split has {n_test} examples, so one hit moves HR@k by "
-        f"{100 / max(n_test, 1):.2f} points, and ID-only SR-GNN has only {n_train} training examples over "
-        f"{n_items} items. `*-infer` rows rank by text similarity alone (no training, so no seed variance); "
-        "`*-shuffled` rows give every example another example's view vectors.",
-        "",
-        runs_md,
-    ])
+    text = "\n".join(
+        [
+            "# The `llm` intent source end to end on a real subset",
+            "",
+            f"Produced by `{command_line()}` on {machine()}.",
+            "",
+            f"Data: the first {args.sessions} Beauty sessions (`intentrec prepare ... --protocol llm4sbr-beauty "
+            f"--max-sessions {args.sessions}`), so the catalogue is the subset's own items. Every example of every "
+            "split is asked both LLM4SBR views; the `llm` rows use those answers (parsed, encoded with MiniLM, "
+            "localized with k = 3), the `titles` rows the session's own titles (docs/methods.md).",
+            "",
+            "## LLM stage",
+            "",
+            *llm_table(reports),
+            "",
+            "Seconds are those of the call that generated the answers, as recorded in "
+            "`benchmarks/records/llm-intents-mini/infer/` with its command (answers already in the store are "
+            "reused, not regenerated, and keep their first record). In this run all six calls were made by "
+            "`intentrec infer ... --llm qwen0.5b --llm-set n_threads=1 --llm-set n_parallel=8` while a training "
+            "job shared the 2 cores.",
+            "",
+            "## Metrics",
+            "",
+            f"Read with care: the test split has {n_test} examples, so one hit moves HR@k by "
+            f"{100 / max(n_test, 1):.2f} points, and ID-only SR-GNN has only {n_train} training examples over "
+            f"{n_items} items. `*-infer` rows rank by text similarity alone (no training, so no seed variance); "
+            "`*-shuffled` rows give every example another example's view vectors.",
+            "",
+            runs_md,
+        ]
+    )
     write_markdown(REPO / "docs" / "results" / "llm-intents-mini.md", text)
     print(f"wrote {REPO / 'docs' / 'results' / 'llm-intents-mini.md'}")
 

@@ -109,8 +109,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, AnswerStore(Path(tmp) / "answers.sqlite") as store:
         started = time.perf_counter()
         report = run_inference(
-            args.dataset, template=args.template, llm=engine_llm, split="test", limit=len(rows),
-            decoding=decoding, store=store, progress=False,
+            args.dataset,
+            template=args.template,
+            llm=engine_llm,
+            split="test",
+            limit=len(rows),
+            decoding=decoding,
+            store=store,
+            progress=False,
         )
         engine_s = time.perf_counter() - started
         answers = store.answers_for_examples(
@@ -118,7 +124,11 @@ def main() -> None:
         )
     engine_llm.close()
     rows_out.append(
-        (f"intentrec engine: de-duplication + sorted prefix reuse + {args.n_parallel} parallel sequences", len(prompts), engine_s)
+        (
+            f"intentrec engine: de-duplication + sorted prefix reuse + {args.n_parallel} parallel sequences",
+            len(prompts),
+            engine_s,
+        )
     )
     same = sum(answers[e].answer == g.text for e, g in zip(plan.example_ids.tolist(), naive_gens) if e in answers)
     _log(f"engine: {engine_s:.1f} s; {same}/{len(prompts)} answers identical to naive")
@@ -150,8 +160,15 @@ def main() -> None:
         llm = get_llm(name, n_parallel=args.n_parallel, **threads)
         with tempfile.TemporaryDirectory() as tmp, AnswerStore(Path(tmp) / "answers.sqlite") as store:
             rep = run_inference(
-                args.dataset, template=args.template, llm=llm, split="test", sample=args.quality_n, seed=0,
-                decoding=decoding, store=store, progress=False,
+                args.dataset,
+                template=args.template,
+                llm=llm,
+                split="test",
+                sample=args.quality_n,
+                seed=0,
+                decoding=decoding,
+                store=store,
+                progress=False,
             )
         llm.close()
         quality.append((name, rep))
@@ -221,7 +238,9 @@ def main() -> None:
 
     with atomic_open(args.out, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
-    _log(f"wrote {args.out}; engine speedup {naive_s / engine_s:.2f}× ({len(prompts) / engine_s:.2f} vs {naive_rate:.2f} examples/s)")
+    _log(
+        f"wrote {args.out}; engine speedup {naive_s / engine_s:.2f}× ({len(prompts) / engine_s:.2f} vs {naive_rate:.2f} examples/s)"
+    )
 
 
 if __name__ == "__main__":

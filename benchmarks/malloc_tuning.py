@@ -58,17 +58,34 @@ def child(args) -> None:
         optimizer.step()
         if number >= warmup:
             wall += time.perf_counter() - started
-    print(json.dumps({
-        "ms_per_step": 1000 * wall / args.steps,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "batch_size": batch_size,
-    }))
+    print(
+        json.dumps(
+            {
+                "ms_per_step": 1000 * wall / args.steps,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "batch_size": batch_size,
+            }
+        )
+    )
 
 
 def measure(model: str, mode: str, dataset, args) -> dict:
     command = [
-        sys.executable, __file__, "--child", "--model", model, "--mode", mode, "--dataset", str(dataset),
-        "--steps", str(args.steps), "--threads", str(args.threads), "--seed", str(args.seed),
+        sys.executable,
+        __file__,
+        "--child",
+        "--model",
+        model,
+        "--mode",
+        mode,
+        "--dataset",
+        str(dataset),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode != 0:
@@ -106,9 +123,13 @@ def main() -> None:
         ms = {m: statistics.median(r["ms_per_step"] for r in rs) for m, rs in results.items()}
         rss = {m: max(r["peak_rss_mb"] for r in rs) for m, rs in results.items()}
         row = {
-            "model": model, "batch_size": results["default"][0]["batch_size"],
-            "default_ms": ms["default"], "tuned_ms": ms["tuned"], "ratio": ms["default"] / ms["tuned"],
-            "default_rss": rss["default"], "tuned_rss": rss["tuned"],
+            "model": model,
+            "batch_size": results["default"][0]["batch_size"],
+            "default_ms": ms["default"],
+            "tuned_ms": ms["tuned"],
+            "ratio": ms["default"] / ms["tuned"],
+            "default_rss": rss["default"],
+            "tuned_rss": rss["tuned"],
             "all_ms": {m: [round(r["ms_per_step"], 1) for r in rs] for m, rs in results.items()},
         }
         print(f"{model}: {row['default_ms']:.1f} → {row['tuned_ms']:.1f} ms/step ({row['ratio']:.2f}x)", flush=True)

@@ -21,7 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO, add_malloc_tuning_flag, apply_malloc_tuning, command_line, machine, prepare_beauty, write_markdown,
+    REPO,
+    add_malloc_tuning_flag,
+    apply_malloc_tuning,
+    command_line,
+    machine,
+    prepare_beauty,
+    write_markdown,
 )
 
 from intentrec.data.dataset import PreparedDataset  # noqa: E402
@@ -29,14 +35,18 @@ from intentrec.models.methods import build_method  # noqa: E402
 from intentrec.models.registry import backbone_class, build_backbone  # noqa: E402
 
 
-def make(name: str, method: str | None, dataset: PreparedDataset, method_config: dict) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def make(
+    name: str, method: str | None, dataset: PreparedDataset, method_config: dict
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
     defaults = backbone_class(name).default_train
     model = build_backbone(name, dataset.num_items, {})
     if method:
         model = build_method(method, model, method_config)
     model.prepare(dataset)
-    opt = torch.optim.Adam(model.parameters(), lr=defaults.get("lr", 1e-3), weight_decay=defaults.get("l2", 0.0), fused=True)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=defaults.get("lr", 1e-3), weight_decay=defaults.get("l2", 0.0), fused=True
+    )
     return model.train(), opt
 
 
@@ -99,27 +109,29 @@ def main() -> None:
     print("\n".join(lines))
     if args.no_write:
         return
-    text = "\n".join([
-        f"# Training cost: {name} over {args.backbone} alone",
-        "",
-        f"Produced by `{command_line()}` on {machine()}.",
-        "",
-        "Both models take the same shuffled Beauty train batches (`llm4sbr-beauty` protocol), forward +",
-        "backward + Adam step, alternating blocks of "
-        f"{args.block} batches in one process. Text features are precomputed (files in",
-        "`DATASET/semantic/`) and only looked up by example id inside the step.",
-        "",
-        "| model | ms / batch | projected s / epoch |",
-        "|---|---:|---:|",
-        f"| {args.backbone} | {ms['base']:.1f} | {per_epoch['base']:.0f} |",
-        f"| {name} | {ms['method']:.1f} | {per_epoch['method']:.0f} |",
-        "",
-        f"**Ratio: {ratio:.3f}×** (goal ≤ 1.3×; the LLM4SBR paper reports 3.7× for its SR-GNN on an A100).",
-        "",
-        f"Timed batches: {n} per model, batch size {batch_size}, {args.threads} thread(s); malloc tuning "
-        f"{'on (as in the trainer)' if args.malloc_tuning else 'off'}.",
-        "",
-    ])
+    text = "\n".join(
+        [
+            f"# Training cost: {name} over {args.backbone} alone",
+            "",
+            f"Produced by `{command_line()}` on {machine()}.",
+            "",
+            "Both models take the same shuffled Beauty train batches (`llm4sbr-beauty` protocol), forward +",
+            "backward + Adam step, alternating blocks of "
+            f"{args.block} batches in one process. Text features are precomputed (files in",
+            "`DATASET/semantic/`) and only looked up by example id inside the step.",
+            "",
+            "| model | ms / batch | projected s / epoch |",
+            "|---|---:|---:|",
+            f"| {args.backbone} | {ms['base']:.1f} | {per_epoch['base']:.0f} |",
+            f"| {name} | {ms['method']:.1f} | {per_epoch['method']:.0f} |",
+            "",
+            f"**Ratio: {ratio:.3f}×** (goal ≤ 1.3×; the LLM4SBR paper reports 3.7× for its SR-GNN on an A100).",
+            "",
+            f"Timed batches: {n} per model, batch size {batch_size}, {args.threads} thread(s); malloc tuning "
+            f"{'on (as in the trainer)' if args.malloc_tuning else 'off'}.",
+            "",
+        ]
+    )
     write_markdown(REPO / "docs" / "results" / "method-cost.md", text)
 
 

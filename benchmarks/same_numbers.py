@@ -94,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
     subprocess.run([*command, "--no-progress"], check=True, env=env)
     version = subprocess.run(
         [sys.executable, "-c", "import intentrec, sys; sys.stdout.write(intentrec.__file__)"],
-        check=True, env=env, capture_output=True, text=True,
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
     ).stdout
     summary = {"library": version, "threads": args.threads, "runs": summarise(out)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
@@ -110,7 +113,7 @@ def compare(args: argparse.Namespace) -> int:
     left, right = (json.loads((Path(p) / "summary.json").read_text(encoding="utf-8")) for p in (args.a, args.b))
     print(f"A: {left['library']} ({left['threads']} threads)\nB: {right['library']} ({right['threads']} threads)\n")
     differences = 0
-    print(f"| run | number | A | B | same |\n|---|---|---:|---:|:---:|")
+    print("| run | number | A | B | same |\n|---|---|---:|---:|:---:|")
     for name in sorted(set(left["runs"]) | set(right["runs"])):
         a, b = left["runs"].get(name), right["runs"].get(name)
         if a is None or b is None:

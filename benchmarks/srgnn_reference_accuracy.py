@@ -33,8 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
 from _common import REPO, command_line, machine, prepare_beauty, write_markdown
+
 from intentrec.io import write_json
 
 BATCH_SIZE = 100
@@ -113,9 +113,16 @@ def child_ours(args) -> dict:
         "srgnn",
         {"embedding_dim": HIDDEN, "steps": 1},
         {
-            "epochs": args.epochs, "patience": None, "seed": args.seed, "num_threads": args.threads,
-            "lr": LR, "l2": L2, "batch_size": BATCH_SIZE, "lr_decay_step": DECAY_STEP,
-            "lr_decay_gamma": DECAY, "track_test": True,
+            "epochs": args.epochs,
+            "patience": None,
+            "seed": args.seed,
+            "num_threads": args.threads,
+            "lr": LR,
+            "l2": L2,
+            "batch_size": BATCH_SIZE,
+            "lr_decay_step": DECAY_STEP,
+            "lr_decay_gamma": DECAY,
+            "track_test": True,
         },  # fmt: skip
         out=out,
         progress=False,
@@ -182,7 +189,8 @@ def report(results: dict, args, command: str) -> str:
             "the epoch with the best validation MRR@20. Values in percent."
         ),
         "",
-        "| model | selected epoch | valid HR@20 | valid MRR@20 | test HR@5 | test MRR@5 | test HR@10 | test MRR@10 | test HR@20 | test MRR@20 | test NDCG@20 | s/epoch (train) | peak RSS MB |",
+        "| model | selected epoch | valid HR@20 | valid MRR@20 | test HR@5 | test MRR@5 | test HR@10 | test MRR@10 "
+        "| test HR@20 | test MRR@20 | test NDCG@20 | s/epoch (train) | peak RSS MB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, side in (("reference (CRIPAC-DIG/SR-GNN)", ref), ("ours (intentrec srgnn)", ours)):
@@ -209,7 +217,9 @@ def report(results: dict, args, command: str) -> str:
     ]
     for r, o in zip(ref["history"], ours["history"]):
         cell = lambda h, s: f"{pct(h[s]['HR@20'])} / {pct(h[s]['MRR@20'])}"  # noqa: E731
-        lines.append(f"| {r['epoch']} | {cell(r, 'valid')} | {cell(r, 'test')} | {cell(o, 'valid')} | {cell(o, 'test')} |")
+        lines.append(
+            f"| {r['epoch']} | {cell(r, 'valid')} | {cell(r, 'test')} | {cell(o, 'valid')} | {cell(o, 'test')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -224,9 +234,7 @@ def main() -> None:
     parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--num-items", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--report-only", action="store_true", help="rebuild the Markdown from the saved JSON results"
-    )
+    parser.add_argument("--report-only", action="store_true", help="rebuild the Markdown from the saved JSON results")
     args = parser.parse_args()
 
     if args.report_only:

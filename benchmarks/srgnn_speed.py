@@ -65,22 +65,18 @@ def load_train(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str]:
 
 def child_ours(args) -> dict:
     import torch
+    from _common import apply_malloc_tuning
 
     from intentrec.data.dataset import ExampleSet
-    from _common import apply_malloc_tuning
     from intentrec.models.registry import build_backbone
 
     torch.set_num_threads(args.threads)
     apply_malloc_tuning(args.malloc_tuning)
     data = np.load(args.data, allow_pickle=False)
-    examples = ExampleSet(
-        "train", np.arange(len(data["targets"])), data["values"], data["offsets"], data["targets"]
-    )
+    examples = ExampleSet("train", np.arange(len(data["targets"])), data["values"], data["offsets"], data["targets"])
     torch.manual_seed(args.seed)
     model = build_backbone("srgnn", int(data["num_items"]), {"embedding_dim": HIDDEN, "steps": 1})
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=LR, weight_decay=L2, fused=args.adam == "fused"
-    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=L2, fused=args.adam == "fused")
     model.train()
     limit = args.batches or examples.num_batches(BATCH_SIZE)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -241,7 +237,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--adam", choices=("fused", "foreach"), default="fused")
     parser.add_argument("--seed", type=int, default=0)
-    add_malloc_tuning_flag(parser, "ours keeps freed tensors in the heap, as the trainer does (the reference runs as shipped)")
+    add_malloc_tuning_flag(
+        parser, "ours keeps freed tensors in the heap, as the trainer does (the reference runs as shipped)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "srgnn-speed.md")
     parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -292,9 +290,7 @@ def main(argv: list[str] | None = None) -> None:
                 pickle.dump((sequences, targets.tolist()), fh)
             del sequences
             print(f"reference: first {args.reference_batches} batches ...", flush=True)
-            results["reference"] = run_child(
-                "reference", reference_data, args.reference_batches, args
-            )
+            results["reference"] = run_child("reference", reference_data, args.reference_batches, args)
         if args.full_epoch:
             print("ours: one full epoch ...", flush=True)
             results["ours_epoch"] = run_child("ours", ours_data, None, args)

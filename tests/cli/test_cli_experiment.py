@@ -20,7 +20,6 @@ from intentrec import training
 from intentrec.cli.main import app
 from intentrec.data.identity import DatasetIdentity
 from intentrec.errors import IntentrecError
-
 from tests.helpers import child_env
 from tests.helpers.tinyrun import TEST_BACKBONE, write_tiny_dataset
 
@@ -47,7 +46,9 @@ def _write_experiment(folder: Path, epochs: int = 2) -> Path:
         "datasets": {"tiny": {"path": "data"}},
         "seeds": [0, 1],
         "settings": {
-            "train.epochs": epochs, "train.patience": None, "train.batch_size": 64,
+            "train.epochs": epochs,
+            "train.patience": None,
+            "train.batch_size": 64,
             "model.embedding_dim": 8,
         },
         "grids": [
@@ -78,8 +79,11 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
     _write_experiment(tmp_path)
     real_train = training.train
     ids = [
-        f"tiny/{TEST_BACKBONE}/default/s0", f"tiny/{TEST_BACKBONE}/default/s1",
-        "tiny/gru4rec/default/s0", "tiny/gru4rec/default/s1", f"tiny/{TEST_BACKBONE}/paper-mode/s0",
+        f"tiny/{TEST_BACKBONE}/default/s0",
+        f"tiny/{TEST_BACKBONE}/default/s1",
+        "tiny/gru4rec/default/s0",
+        "tiny/gru4rec/default/s1",
+        f"tiny/{TEST_BACKBONE}/paper-mode/s0",
     ]
 
     # dry run: lists every run as to do, trains nothing
@@ -108,8 +112,11 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
     manifest_sha = hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
     identity = DatasetIdentity.of(data)
     assert rec["dataset"] == {
-        "name": "tiny", "path": "data", "manifest_sha256": manifest_sha,
-        "fingerprint": identity.fingerprint, "protocol": "test-tiny",
+        "name": "tiny",
+        "path": "data",
+        "manifest_sha256": manifest_sha,
+        "fingerprint": identity.fingerprint,
+        "protocol": "test-tiny",
     }
     assert (rec["backbone"], rec["method"], rec["variant"], rec["seed"]) == (TEST_BACKBONE, None, "default", 1)
     assert rec["settings"]["train"] == {"epochs": 2, "patience": None, "batch_size": 64, "seed": 1}
@@ -144,7 +151,9 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
     with open(tmp_path / "out/results/tiny.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert [(r["backbone"], r["variant"], r["n"]) for r in table] == [
-        (TEST_BACKBONE, "default", "2"), ("gru4rec", "default", "2"), (TEST_BACKBONE, "paper-mode", "1")
+        (TEST_BACKBONE, "default", "2"),
+        ("gru4rec", "default", "2"),
+        (TEST_BACKBONE, "paper-mode", "1"),
     ]
     gru = [records[ids[2]], records[ids[3]]]
     values = [100 * r["test"]["MRR@20"] for r in gru]
@@ -185,7 +194,9 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
     assert "2 runs selected of 5 — 0 done, 0 to run, 2 stale" in out
     assert "STALE tiny/gru4rec/default/s0  (record has other settings: train.epochs: 2 → 3)" in out
     result = _invoke("experiment", "tiny.yaml", expect=1)
-    assert isinstance(result.exception, IntentrecError) and "5 run(s) have records made with other settings" in str(result.exception)
+    assert isinstance(result.exception, IntentrecError) and "5 run(s) have records made with other settings" in str(
+        result.exception
+    )
     _invoke("experiment", "tiny.yaml", "--report-only")
     md = (tmp_path / "out/results/tiny.md").read_text()
     assert "No run has finished yet." in md and "(its record has other settings: train.epochs: 2 → 3)" in md
@@ -194,8 +205,12 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
 
 def _lane_experiment(folder: Path) -> list[str]:
     spec = {
-        "name": "lanes", "runs_dir": "out/runs", "records_dir": "out/records", "results_dir": "out/results",
-        "datasets": {"tiny": {"path": "data"}}, "seeds": [0, 1, 2, 3],
+        "name": "lanes",
+        "runs_dir": "out/runs",
+        "records_dir": "out/records",
+        "results_dir": "out/results",
+        "datasets": {"tiny": {"path": "data"}},
+        "seeds": [0, 1, 2, 3],
         "settings": {"train.epochs": 2, "train.batch_size": 64, "model.embedding_dim": 8},
         "grids": [{"backbones": [TEST_BACKBONE]}],
     }
@@ -241,8 +256,14 @@ def test_two_lanes_share_a_grid_and_train_each_run_once(tmp_path):
         "app(['experiment', 'lanes.yaml', '--threads', '1', '--no-progress'])"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", lane], cwd=tmp_path, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=child_env())
+        subprocess.Popen(
+            [sys.executable, "-c", lane],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=child_env(),
+        )
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
@@ -258,10 +279,14 @@ def test_two_lanes_share_a_grid_and_train_each_run_once(tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nruns_dir: r\nrecords_dir: q\ndatasets: {d: {path: p}}\ngrids: [{backbones: [srgnn]}]\nseedz: [1]\n")
+    bad.write_text(
+        "name: x\nruns_dir: r\nrecords_dir: q\ndatasets: {d: {path: p}}\ngrids: [{backbones: [srgnn]}]\nseedz: [1]\n"
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "intentrec.cli.main", "experiment", str(bad), "--dry-run"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: invalid experiment file")
     assert "unknown key 'seedz'" in proc.stderr and "Traceback" not in proc.stderr

@@ -11,7 +11,6 @@ import pytest
 
 from intentrec.semantic.intents import load_intents
 from intentrec.semantic.store import AnswerStore, dataset_fingerprint
-
 from tests.helpers.intents import LLM, make_tiny_bert, put_answers, write_dataset
 
 
@@ -77,8 +76,20 @@ def test_cli_embed_and_intents(
     monkeypatch.setattr(cli_semantic, "resolve_llm_identity", lambda spec: LLM)
     with AnswerStore() as store:
         put_answers(store, data, "llm4sbr-short", {6: "red nail polish", 7: "blue"})
-    args = ["intents", str(data), "--prompt", "llm4sbr-short", "--llm", "fake.gguf", "--k", "2",
-            "--encoder", f"hf:{tiny_bert}", "--split", "test"]
+    args = [
+        "intents",
+        str(data),
+        "--prompt",
+        "llm4sbr-short",
+        "--llm",
+        "fake.gguf",
+        "--k",
+        "2",
+        "--encoder",
+        f"hf:{tiny_bert}",
+        "--split",
+        "test",
+    ]
     code, out, err = run_cli([*args, "--json"], monkeypatch, capsys)
     assert code == 0, err
     report = json.loads(out)
@@ -111,10 +122,29 @@ def test_cli_intents_with_the_real_llm_identity_of_a_gguf_path(
     sha = hashlib.sha256(gguf.read_bytes()).hexdigest()
     with AnswerStore() as store:
         put_answers(store, data, "llm4sbr-long", {6: "red lipstick"})
-        store.link_examples(dataset_fingerprint(data), "llm4sbr-long", sha,
-                            store.linked_keys(dataset_fingerprint(data), "llm4sbr-long", LLM["model_sha256"], [6]).items())
-    code, out, err = run_cli(["intents", str(data), "--prompt", "llm4sbr-long", "--llm", str(gguf),
-                              "--encoder", f"hf:{tiny_bert}", "--split", "test", "--json"], monkeypatch, capsys)
+        store.link_examples(
+            dataset_fingerprint(data),
+            "llm4sbr-long",
+            sha,
+            store.linked_keys(dataset_fingerprint(data), "llm4sbr-long", LLM["model_sha256"], [6]).items(),
+        )
+    code, out, err = run_cli(
+        [
+            "intents",
+            str(data),
+            "--prompt",
+            "llm4sbr-long",
+            "--llm",
+            str(gguf),
+            "--encoder",
+            f"hf:{tiny_bert}",
+            "--split",
+            "test",
+            "--json",
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     assert json.loads(out)["with_intent"] == 1
 

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from intentrec.cli.main import app
 from intentrec.cli.train import resolve_settings
 from intentrec.errors import ConfigError, DataError, IntentrecError
-
 from tests.helpers.data import require_data
 from tests.helpers.tiny_dataset import write_tiny_dataset as write_tiny_prepared_dataset
 from tests.helpers.tinyrun import TEST_BACKBONE, write_tiny_dataset
@@ -118,8 +117,23 @@ def test_titles_source_end_to_end_with_the_real_encoder(tmp_path):
     """``train --method llm4sbr`` over SR-GNN with the titles source, then ``evaluate`` and ``recommend``."""
     pytest.importorskip("sentence_transformers")
     tiny = write_tiny_prepared_dataset(tmp_path / "tiny")
-    args = ["train", str(tiny.path), "--model", "srgnn", "--method", "llm4sbr", "--out", str(tmp_path / "run"),
-            "--set", "train.epochs=2", "--set", "model.embedding_dim=16", "--set", "method.k=2", "--no-progress"]
+    args = [
+        "train",
+        str(tiny.path),
+        "--model",
+        "srgnn",
+        "--method",
+        "llm4sbr",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "model.embedding_dim=16",
+        "--set",
+        "method.k=2",
+        "--no-progress",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "text source: titles" in result.output
@@ -195,9 +209,22 @@ def test_prepare_train_evaluate_recommend_on_ml_latest_small(tmp_path):
     model = _fast_backbone()
 
     out = _intentrec(
-        "train", data, "--model", model, "--out", run,
-        "--set", "embedding_dim=16", "--set", "epochs=2", "--set", "max_length=20",
-        "--set", "num_threads=1", "--set", "patience=null",
+        "train",
+        data,
+        "--model",
+        model,
+        "--out",
+        run,
+        "--set",
+        "embedding_dim=16",
+        "--set",
+        "epochs=2",
+        "--set",
+        "max_length=20",
+        "--set",
+        "num_threads=1",
+        "--set",
+        "patience=null",
     ).stdout
     assert "epoch   2" in out and "best epoch" in out
     metrics = json.loads((run / "metrics.json").read_text())

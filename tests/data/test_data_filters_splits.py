@@ -16,20 +16,14 @@ def _sessions(lists, ends=None) -> Sessions:
     code = {v: i for i, v in enumerate(vocab)}
     values = np.array([code[i] for s in lists for i in s], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in lists])]).astype(np.int64)
-    times = (
-        np.full(len(values), np.nan)
-        if ends is None
-        else np.repeat(np.array(ends, float), np.diff(offsets))
-    )
+    times = np.full(len(values), np.nan) if ends is None else np.repeat(np.array(ends, float), np.diff(offsets))
     ids = np.array([f"s{i}" for i in range(len(lists))], dtype=object)
     return Sessions(values, times, offsets, ids, vocab)
 
 
 def _lists(sessions):
     items = sessions.item_vocab[sessions.values]
-    return [
-        list(items[a:b]) for a, b in zip(sessions.offsets[:-1], sessions.offsets[1:], strict=True)
-    ]
+    return [list(items[a:b]) for a, b in zip(sessions.offsets[:-1], sessions.offsets[1:], strict=True)]
 
 
 CASE = [["A", "B", "C"], ["A", "B"], ["C", "D"], ["A"]]  # supports: A 3, B 2, C 2, D 1
@@ -44,18 +38,14 @@ def test_one_pass_drops_rare_items_then_short_sessions():
 
 
 def test_fixpoint_repeats_until_stable():
-    out, report = filter_sessions(
-        _sessions(CASE), min_item_support=2, min_session_length=2, passes="fixpoint"
-    )
+    out, report = filter_sessions(_sessions(CASE), min_item_support=2, min_session_length=2, passes="fixpoint")
     assert _lists(out) == [["A", "B"], ["A", "B"]]
     assert report.passes_run == 3  # pass 2 drops C, pass 3 changes nothing
 
 
 def test_drop_whole_sessions_holding_a_rare_item():
     data = [["A", "B", "C"], ["A", "B", "D"], ["C", "A"], ["B"]]  # D is rare
-    out, _ = filter_sessions(
-        _sessions(data), min_item_support=2, min_session_length=2, rare_items="drop-sessions"
-    )
+    out, _ = filter_sessions(_sessions(data), min_item_support=2, min_session_length=2, rare_items="drop-sessions")
     assert _lists(out) == [["A", "B", "C"], ["C", "A"]]
 
 
@@ -84,9 +74,7 @@ def test_time_split_orders_by_session_end_and_test_days():
     order = split_order(sessions, "time")
     assert order.tolist() == [1, 3, 2, 0]
     ends = sessions.end_times()[order]
-    sizes = split_sizes(
-        4, test_fraction=0.1, valid_fraction=0.0, end_times=ends, test_days=15 / 86_400
-    )
+    sizes = split_sizes(4, test_fraction=0.1, valid_fraction=0.0, end_times=ends, test_days=15 / 86_400)
     assert sizes.test == 2  # ends 30 and 40 are within 15 s of the latest end (40)
 
 
@@ -109,15 +97,11 @@ def test_prefix_and_last_augmentation():
     values = np.array([1, 2, 3, 4, 5, 6], dtype=np.int64)
     offsets = np.array([0, 3, 4, 6], dtype=np.int64)  # [1,2,3], [4], [5,6]
     ex = make_examples(values, offsets, "prefix")
-    prefixes = [
-        ex.values[a:b].tolist() for a, b in zip(ex.offsets[:-1], ex.offsets[1:], strict=True)
-    ]
+    prefixes = [ex.values[a:b].tolist() for a, b in zip(ex.offsets[:-1], ex.offsets[1:], strict=True)]
     assert prefixes == [[1], [1, 2], [5]]
     assert ex.targets.tolist() == [2, 3, 6] and ex.session.tolist() == [0, 0, 2]
     last = make_examples(values, offsets, "last")
-    assert [
-        last.values[a:b].tolist() for a, b in zip(last.offsets[:-1], last.offsets[1:], strict=True)
-    ] == [
+    assert [last.values[a:b].tolist() for a, b in zip(last.offsets[:-1], last.offsets[1:], strict=True)] == [
         [1, 2],
         [5],
     ]

@@ -60,9 +60,7 @@ def test_movielens_1m_latin1_and_gz(tmp_path):
     assert raw.events["time"].tolist() == [978300760, 978300100, 978000000, 978000500]
     titles = _titles(raw)
     assert titles["10"] == "Amélie (2001)"  # 0xE9 decoded as ISO-8859-1
-    assert (
-        titles["30"] == "Se7en: Director's Cut (1995)"
-    )  # a ':' inside the title survives '::' parsing
+    assert titles["30"] == "Se7en: Director's Cut (1995)"  # a ':' inside the title survives '::' parsing
     # our shared copy is a renamed, gzipped ratings file: ratings.<anything>.dat.gz must be found
     with (
         open(DATA / "ml-1m" / "ratings.dat", "rb") as src,
@@ -97,9 +95,7 @@ def test_amazon_2014_python_dict_meta():
     assert _events(raw) == [("U1", "P1"), ("U1", "P2"), ("U2", "P1")]
     assert raw.events["time"].tolist() == [1400000000, 1300000000, 1350000000]
     items = raw.items.set_index("item_id")
-    assert (
-        items.loc["P1", "title"] == 'Kid&#39;s  "Best" Blocks'
-    )  # single-quoted dict literal parsed
+    assert items.loc["P1", "title"] == 'Kid&#39;s  "Best" Blocks'  # single-quoted dict literal parsed
     assert items.loc["P1", "categories"] == "Toys | Blocks"
     assert items.loc["P2", "title"] is None  # no title in meta → reported later, not an error
 
@@ -120,9 +116,7 @@ def test_amazon_python_literal_is_not_evaluated(tmp_path):
         '{"reviewerID": "u", "asin": "a", "unixReviewTime": 1}\n', encoding="utf-8"
     )
     (tmp_path / "meta_X.json").write_text("__import__('os').getcwd()\n", encoding="utf-8")
-    with pytest.raises(
-        DataError, match=r"meta_X\.json, line 1: neither JSON nor a Python dict literal"
-    ):
+    with pytest.raises(DataError, match=r"meta_X\.json, line 1: neither JSON nor a Python dict literal"):
         load_source("amazon", tmp_path)
 
 
@@ -165,18 +159,14 @@ def test_bad_number_names_column(tmp_path):
     (tmp_path / "ratings.csv").write_text(
         "userId,movieId,rating,timestamp\n1,2,3.0,100\n1,3,3.0,soon\n1,4,3.0,\n", encoding="utf-8"
     )
-    with pytest.raises(
-        DataError, match=r"ratings\.csv, line 3: column 'timestamp': expected a number, got 'soon'"
-    ):
+    with pytest.raises(DataError, match=r"ratings\.csv, line 3: column 'timestamp': expected a number, got 'soon'"):
         load_source("movielens", tmp_path)
     raw = load_source("movielens", tmp_path, on_bad_line="skip")
     assert raw.bad_lines_skipped == 2 and raw.events["item"].tolist() == ["2"]
 
 
 def test_wrong_encoding_names_line(tmp_path):
-    (tmp_path / "interactions.csv").write_bytes(
-        b"session_id,item_id,position\na,x,0\na,caf\xe9,1\n"
-    )
+    (tmp_path / "interactions.csv").write_bytes(b"session_id,item_id,position\na,x,0\na,caf\xe9,1\n")
     with pytest.raises(DataError, match=r"interactions\.csv, line 3: not valid utf-8"):
         load_source("generic", tmp_path)
     raw = load_source("generic", tmp_path, on_bad_line="skip")
@@ -184,9 +174,7 @@ def test_wrong_encoding_names_line(tmp_path):
 
 
 def test_missing_column_is_named(tmp_path):
-    (tmp_path / "interactions.csv").write_text(
-        "session,item_id,position\na,x,0\n", encoding="utf-8"
-    )
+    (tmp_path / "interactions.csv").write_text("session,item_id,position\na,x,0\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"line 1: missing column\(s\) 'session_id'"):
         load_source("generic", tmp_path)
 

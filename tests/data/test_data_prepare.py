@@ -90,9 +90,7 @@ def test_reuse_and_rebuild(tmp_path):
         fh.write("s4,A,0\ns4,D,1\n")
     changed_input = run_prepare("generic", src, out, **{**TINY, "augment": "last"})
     assert not changed_input.reused and changed_input.statistics["sessions"] == 4
-    assert (
-        run_prepare("generic", src, out, force=True, **{**TINY, "augment": "last"}).reused is False
-    )
+    assert run_prepare("generic", src, out, force=True, **{**TINY, "augment": "last"}).reused is False
 
 
 def test_failed_write_leaves_previous_dataset_and_no_temp_files(tmp_path, monkeypatch):
@@ -162,9 +160,7 @@ def test_presets_and_overrides():
     assert config.augment["train"] == "prefix" and config.split == "order"
     assert resolve_config("movielens", None, {}).session == "user"
     assert resolve_config("diginetica", None, {}).session == "given"
-    assert (
-        resolve_config("diginetica", "srgnn-diginetica", {"test_fraction": 0.2}).test_days is None
-    )
+    assert resolve_config("diginetica", "srgnn-diginetica", {"test_fraction": 0.2}).test_days is None
     with pytest.raises(ConfigError, match="defined for SOURCE 'generic'"):
         resolve_config("movielens", "llm4sbr-beauty", {})
     with pytest.raises(ConfigError, match="unknown protocol"):
@@ -183,9 +179,7 @@ def _leakage_free(ds: PreparedDataset) -> None:
     examples = pd.read_parquet(ds.path / "examples.parquet", columns=["split", "session_index"])
     assert sessions["session_id"].is_unique  # no session in two splits
     split_of_session = sessions.set_index("session_index")["split"]
-    assert (
-        split_of_session.loc[examples["session_index"]].to_numpy() == examples["split"].to_numpy()
-    ).all()
+    assert (split_of_session.loc[examples["session_index"]].to_numpy() == examples["split"].to_numpy()).all()
     rank = {"train": 0, "valid": 1, "test": 2}
     assert (np.diff(sessions["split"].map(rank).to_numpy()) >= 0).all()  # train, valid, test blocks
     assert (np.diff(examples["split"].map(rank).to_numpy()) >= 0).all()
@@ -194,9 +188,7 @@ def _leakage_free(ds: PreparedDataset) -> None:
 
 def test_llm4sbr_beauty_exact_counts(tmp_path):
     folder = require_data("amazon/beauty-2014-5core/interactions.csv").parent
-    before_carve = prepare_dataset(
-        "generic", folder, tmp_path / "a", protocol="llm4sbr-beauty", valid_fraction=0
-    )
+    before_carve = prepare_dataset("generic", folder, tmp_path / "a", protocol="llm4sbr-beauty", valid_fraction=0)
     stats = before_carve.manifest["statistics"]
     assert (stats["train_examples"], stats["test_examples"], stats["items"]) == (
         158_139,
@@ -226,10 +218,7 @@ def test_llm4sbr_beauty_exact_counts(tmp_path):
     test_ids = set(sessions.loc[sessions["split"] == "test", "session_id"])
     valid_ids = set(sessions.loc[sessions["split"] == "valid", "session_id"])
     assert not (train_ids & test_ids) and not (train_ids & valid_ids) and not (valid_ids & test_ids)
-    assert (
-        ds.items["train_count"].sum()
-        == sessions.loc[sessions["split"] == "train", "items"].map(len).sum()
-    )
+    assert ds.items["train_count"].sum() == sessions.loc[sessions["split"] == "train", "items"].map(len).sum()
     # the first session of the file is the first train session, ordered by position
     assert sessions["session_id"].iloc[0] == "A29TL36GESM0P0"
     assert ds.items["item_id"].iloc[0] == "B0015YIHXC"

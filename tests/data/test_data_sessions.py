@@ -24,9 +24,7 @@ def _raw(keys, items, times=None, order=None) -> RawInteractions:
 
 def _as_lists(sessions) -> list[list[str]]:
     items = sessions.item_vocab[sessions.values]
-    return [
-        list(items[a:b]) for a, b in zip(sessions.offsets[:-1], sessions.offsets[1:], strict=True)
-    ]
+    return [list(items[a:b]) for a, b in zip(sessions.offsets[:-1], sessions.offsets[1:], strict=True)]
 
 
 def test_given_orders_by_order_key_then_file_order_and_keys_by_first_appearance():

@@ -116,9 +116,7 @@ def server() -> Iterator[Served]:
 
 def test_full_download_checks_sha256_and_shows_progress(server, tmp_path, capsys):
     server.files["a.bin"] = PAYLOAD
-    path, fetched = fetch_file(
-        server.url("a.bin"), tmp_path, sha256=sha256(PAYLOAD), progress=True, timeout=10
-    )
+    path, fetched = fetch_file(server.url("a.bin"), tmp_path, sha256=sha256(PAYLOAD), progress=True, timeout=10)
     assert fetched and path == tmp_path / "a.bin" and path.read_bytes() == PAYLOAD
     assert not (tmp_path / "a.bin.part").exists()
     assert server.requests == [("a.bin", None)]

@@ -39,9 +39,7 @@ def test_generic_conflicting_titles_name_file_id_and_both_lines(tmp_path):
 
 def test_generic_conflict_in_an_extra_column_is_named(tmp_path):
     _generic(tmp_path, "item_id,title,brand\nA,Alpha,Acme\nA,Alpha,Zeta\nB,Beta,\n")
-    with pytest.raises(
-        DataError, match=r"'A'.*line 2 \(brand='Acme'\) and line 3 \(brand='Zeta'\)"
-    ):
+    with pytest.raises(DataError, match=r"'A'.*line 2 \(brand='Acme'\) and line 3 \(brand='Zeta'\)"):
         load_source("generic", tmp_path)
 
 
@@ -55,9 +53,7 @@ def test_generic_identical_rows_are_collapsed_and_counted(tmp_path):
 
 def test_prepare_records_collapsed_rows_and_cli_reports_conflicts(tmp_path):
     folder = _generic(tmp_path / "in", "item_id,title\nA,Alpha\nB,Beta\nA,Alpha\n")
-    ds = prepare_dataset(
-        "generic", folder, tmp_path / "out", min_item_support=1, test_fraction=0.5, valid_fraction=0
-    )
+    ds = prepare_dataset("generic", folder, tmp_path / "out", min_item_support=1, test_fraction=0.5, valid_fraction=0)
     assert ds.manifest["statistics"]["duplicate_item_rows_collapsed"] == 1
     # a file without duplicates does not get the key (earlier datasets keep their fingerprint)
     clean = _generic(tmp_path / "clean", "item_id,title\nA,Alpha\nB,Beta\n")
@@ -106,9 +102,7 @@ def test_movielens_movies_conflicting_and_identical(tmp_path):
 
 
 def test_movielens_latest_movies_csv_conflict(tmp_path):
-    (tmp_path / "ratings.csv").write_text(
-        "userId,movieId,rating,timestamp\n1,10,4.0,100\n", encoding="utf-8"
-    )
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.0,100\n", encoding="utf-8")
     (tmp_path / "movies.csv").write_text(
         'movieId,title,genres\n10,"Heat, The (1995)",Action\n10,Heat (1995),Action\n',
         encoding="utf-8",
@@ -130,9 +124,7 @@ def test_amazon_meta_conflicting_and_identical(tmp_path):
     raw = load_source("amazon", tmp_path)
     assert raw.items["item_id"].tolist() == ["P1", "P2"] and raw.duplicate_item_rows_collapsed == 1
 
-    meta.write_text(
-        "{'asin': 'P1', 'title': 'Blocks'}\n{'asin': 'P1', 'title': 'Bricks'}\n", encoding="utf-8"
-    )
+    meta.write_text("{'asin': 'P1', 'title': 'Blocks'}\n{'asin': 'P1', 'title': 'Bricks'}\n", encoding="utf-8")
     with pytest.raises(DataError) as err:
         load_source("amazon", tmp_path)
     message = str(err.value)

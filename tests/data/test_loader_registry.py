@@ -77,9 +77,7 @@ def test_official_downloads():
     ml1m = movielens.download("ml-1m")
     assert ml1m.folder == "movielens/ml-1m" and len(ml1m.files[0].sha256) == 64
     for name in ("amazon", "diginetica", "yoochoose"):
-        assert all(
-            d.needs_browser and d.page.startswith("https://") for d in get_loader(name).downloads
-        )
+        assert all(d.needs_browser and d.page.startswith("https://") for d in get_loader(name).downloads)
     assert get_loader("generic").download() is None
     with pytest.raises(DataError, match=r"unknown variant 'x' of SOURCE 'movielens'"):
         movielens.download("x")

@@ -15,9 +15,7 @@ def test_buckets_are_terciles_of_warm_items():
 
 def test_fractional_quantiles_round_down_consistently():
     counts = np.array([1, 2, 3, 4])  # quantiles 2.0 and 3.0
-    assert [BUCKETS[i] for i in popularity_buckets(counts).bucket_of_column] == [
-        "tail", "tail", "mid", "head"
-    ]
+    assert [BUCKETS[i] for i in popularity_buckets(counts).bucket_of_column] == ["tail", "tail", "mid", "head"]
     counts = np.array([1, 2, 4, 10, 11])  # quantiles 2.67 and 7.33 -> thresholds 2 and 7
     b = popularity_buckets(counts)
     assert (b.tail_max, b.mid_max) == (2, 7)

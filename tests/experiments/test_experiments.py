@@ -55,7 +55,12 @@ def test_grid_expands_to_readable_ids_with_merged_settings():
     )
     runs = expand(spec)
     ids = [r.run_id for r in runs]
-    assert ids[:4] == ["d/srgnn/default/s0", "d/srgnn/default/s1", "d/srgnn+llm4sbr/default/s0", "d/srgnn+llm4sbr/default/s1"]
+    assert ids[:4] == [
+        "d/srgnn/default/s0",
+        "d/srgnn/default/s1",
+        "d/srgnn+llm4sbr/default/s0",
+        "d/srgnn+llm4sbr/default/s1",
+    ]
     assert "d/srgnn+llm4sbr/wo-au/s7" in ids and "d/srgnn+llm4sbr/wo-long/s7" in ids
     assert len(ids) == len(set(ids)) == 8 + 2 + 2
     by_id = {r.run_id: r for r in runs}
@@ -80,7 +85,10 @@ def test_grid_expands_to_readable_ids_with_merged_settings():
     positions = [run.run_id in firsts.values() for run in order]
     assert positions == sorted(positions, reverse=True) and sorted(order, key=lambda r: r.order) == runs
     assert [r.run_id for r in select(runs, ["d/stamp*"])] == [
-        "d/stamp/default/s0", "d/stamp/default/s1", "d/stamp+llm4sbr/default/s0", "d/stamp+llm4sbr/default/s1"
+        "d/stamp/default/s0",
+        "d/stamp/default/s1",
+        "d/stamp+llm4sbr/default/s0",
+        "d/stamp+llm4sbr/default/s1",
     ]
     assert len(select(runs, ["*/wo-*", "*/paper/*"])) == 4
 
@@ -89,10 +97,14 @@ def test_grid_errors_name_the_problem():
     with pytest.raises(ConfigError, match="defined twice with different settings"):
         expand(_spec(grids=[{"backbones": ["srgnn"]}, {"backbones": ["srgnn"], "settings": {"train.lr": 0.1}}]))
     with pytest.raises(ConfigError, match=r"variants.wo-au sets method.\* keys.*'none'"):
-        expand(_spec(grids=[{"backbones": ["srgnn"], "methods": ["none", "x"], "variants": {"wo-au": {"method.a": 1}}}]))
+        expand(
+            _spec(grids=[{"backbones": ["srgnn"], "methods": ["none", "x"], "variants": {"wo-au": {"method.a": 1}}}])
+        )
     with pytest.raises(ConfigError, match="seeds"):
         expand(_spec(settings={"train.seed": 3}))
-    with pytest.raises(ConfigError, match=r"settings: setting 'epochs' needs a section prefix: 'model.epochs', 'train.epochs'"):
+    with pytest.raises(
+        ConfigError, match=r"settings: setting 'epochs' needs a section prefix: 'model.epochs', 'train.epochs'"
+    ):
         expand(_spec(settings={"epochs": 3}))
     with pytest.raises(ConfigError, match="grids.0.variants: variant 'x y' must start with"):
         _spec(grids=[{"backbones": ["srgnn"], "variants": {"x y": {}}}])
@@ -106,7 +118,9 @@ def test_grid_errors_name_the_problem():
 
 def test_unknown_yaml_keys_are_rejected_with_their_name(tmp_path):
     base = {
-        "name": "t", "runs_dir": "r", "records_dir": "rec",
+        "name": "t",
+        "runs_dir": "r",
+        "records_dir": "rec",
         "datasets": {"d": {"prepare": {"source": "generic", "path": "x"}}},
         "grids": [{"backbones": ["srgnn"]}],
         "anchors": [{"label": "A", "HR@20": 1.0}],
@@ -114,8 +128,11 @@ def test_unknown_yaml_keys_are_rejected_with_their_name(tmp_path):
     cases = [
         ({"seedz": [1]}, "unknown key 'seedz'", "runs_dir"),
         ({"grids": [{"backbones": ["srgnn"], "method": ["x"]}]}, "unknown key 'grids.0.method'", "variants"),
-        ({"datasets": {"d": {"prepare": {"source": "generic", "path": "x", "protocl": "p"}}}},
-         "unknown key 'datasets.d.prepare.protocl'", "protocol"),
+        (
+            {"datasets": {"d": {"prepare": {"source": "generic", "path": "x", "protocl": "p"}}}},
+            "unknown key 'datasets.d.prepare.protocl'",
+            "protocol",
+        ),
         ({"anchors": [{"label": "A", "HR@10": 1.0}]}, "unknown key 'anchors.0.HR@10'", "HR@20"),
     ]
     for change, message, known in cases:

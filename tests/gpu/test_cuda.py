@@ -16,13 +16,12 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-from tests.helpers.tiny_dataset import write_tiny_dataset  # noqa: E402
-
 from intentrec.data.batch import SessionBatch  # noqa: E402
 from intentrec.models.methods import METHODS, FeatureTable, build_method  # noqa: E402
 from intentrec.models.methods.registry import load_all as load_methods  # noqa: E402
 from intentrec.models.registry import BACKBONES, build_backbone  # noqa: E402
 from intentrec.models.registry import load_all as load_backbones  # noqa: E402
+from tests.helpers.tiny_dataset import write_tiny_dataset  # noqa: E402
 
 load_backbones()
 load_methods()
@@ -59,7 +58,9 @@ def synthetic_tables(method) -> dict[str, FeatureTable]:
     tables = {}
     for name in method.feature_names():
         vectors = rng.normal(size=(len(ids), TEXT_DIM)).astype(np.float32)
-        tables[name] = FeatureTable(ids, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), np.ones(len(ids), bool))
+        tables[name] = FeatureTable(
+            ids, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), np.ones(len(ids), bool)
+        )
     return tables
 
 

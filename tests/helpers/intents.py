@@ -13,8 +13,23 @@ import torch
 from intentrec.data import schema
 from intentrec.semantic.store import AnswerRecord, AnswerStore, answer_key, dataset_fingerprint
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "nail", "polish", "blue", "garden", "hose",
-         "a", "lipstick", "mascara", "shampoo"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "red",
+    "nail",
+    "polish",
+    "blue",
+    "garden",
+    "hose",
+    "a",
+    "lipstick",
+    "mascara",
+    "shampoo",
+]
 TITLES = ["red nail polish", "blue nail polish", "garden hose", "red lipstick", None, "blue mascara", "shampoo"]
 # Sessions of item indices (1..7); examples are every proper prefix.
 SESSIONS = {"train": [[1, 2, 3], [4, 6, 7, 1]], "valid": [[2, 4]], "test": [[5, 1, 3]]}
@@ -27,8 +42,12 @@ def make_tiny_bert(folder: Path) -> Path:
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     transformers.BertTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     config = transformers.BertConfig(
-        vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=32,
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
     )
     torch.manual_seed(1)
     transformers.BertModel(config).save_pretrained(folder)
@@ -40,12 +59,14 @@ def write_dataset(folder: Path) -> Path:
     folder.mkdir(parents=True)
     n = len(TITLES)
     pq.write_table(
-        pa.table({
-            "item_index": pa.array(range(1, n + 1), pa.int32()),
-            "item_id": pa.array([f"P{i}" for i in range(1, n + 1)]),
-            "title": pa.array(TITLES, pa.string()),
-            "train_count": pa.array([1] * n, pa.int64()),
-        }),
+        pa.table(
+            {
+                "item_index": pa.array(range(1, n + 1), pa.int32()),
+                "item_id": pa.array([f"P{i}" for i in range(1, n + 1)]),
+                "title": pa.array(TITLES, pa.string()),
+                "train_count": pa.array([1] * n, pa.int64()),
+            }
+        ),
         folder / schema.ITEMS,
     )
     sessions, examples = [], []
@@ -56,19 +77,27 @@ def write_dataset(folder: Path) -> Path:
                 examples.append((len(examples), split, sessions[-1][0], clicks[:cut], clicks[cut]))
     cols = list(zip(*sessions))
     pq.write_table(
-        pa.table({
-            "session_index": pa.array(cols[0], pa.int64()), "session_id": pa.array(cols[1]),
-            "split": pa.array(cols[2]), "items": pa.array(cols[3], pa.list_(pa.int32())),
-        }),
+        pa.table(
+            {
+                "session_index": pa.array(cols[0], pa.int64()),
+                "session_id": pa.array(cols[1]),
+                "split": pa.array(cols[2]),
+                "items": pa.array(cols[3], pa.list_(pa.int32())),
+            }
+        ),
         folder / schema.SESSIONS,
     )
     cols = list(zip(*examples))
     pq.write_table(
-        pa.table({
-            "example_id": pa.array(cols[0], pa.int64()), "split": pa.array(cols[1]),
-            "session_index": pa.array(cols[2], pa.int64()), "prefix": pa.array(cols[3], pa.list_(pa.int32())),
-            "target": pa.array(cols[4], pa.int32()),
-        }),
+        pa.table(
+            {
+                "example_id": pa.array(cols[0], pa.int64()),
+                "split": pa.array(cols[1]),
+                "session_index": pa.array(cols[2], pa.int64()),
+                "prefix": pa.array(cols[3], pa.list_(pa.int32())),
+                "target": pa.array(cols[4], pa.int32()),
+            }
+        ),
         folder / schema.EXAMPLES,
     )
     manifest = {"format_version": schema.FORMAT_VERSION, "statistics": {"items": n, "examples": len(examples)}}
@@ -86,8 +115,19 @@ def put_answers(store: AnswerStore, dataset: Path, template: str, answers: dict[
     for eid, text in answers.items():
         prompt = f"prompt for example {eid}"
         key = answer_key(LLM["backend"], LLM["model_sha256"], {"temperature": 0.0}, version, prompt)
-        records.append(AnswerRecord(key, LLM["backend"], LLM["model"], LLM["model_sha256"], template, version,
-                                    '{"temperature": 0.0}', prompt, text))
+        records.append(
+            AnswerRecord(
+                key,
+                LLM["backend"],
+                LLM["model"],
+                LLM["model_sha256"],
+                template,
+                version,
+                '{"temperature": 0.0}',
+                prompt,
+                text,
+            )
+        )
         pairs.append((eid, key))
     store.put_many(records)
     store.link_examples(fp, template, LLM["model_sha256"], pairs)

@@ -32,7 +32,14 @@ def chat_prompt(items: list[str], question: str = "Name one item the user wants 
     ]
 
 
-ITEMS = ["Rosewater Facial Toner", "Matte Liquid Lipstick", "Volumizing Mascara", "Argan Oil Shampoo",
-         "Argan Oil Conditioner", "Gel Nail Polish Set", "Vitamin C Serum"]
+ITEMS = [
+    "Rosewater Facial Toner",
+    "Matte Liquid Lipstick",
+    "Volumizing Mascara",
+    "Argan Oil Shampoo",
+    "Argan Oil Conditioner",
+    "Gel Nail Polish Set",
+    "Vitamin C Serum",
+]
 # prefix-augmented prompts (each session prefix is a prompt), shuffled, with one duplicate
 PROMPTS = [chat_prompt(ITEMS[:k]) for k in (3, 1, 5, 2, 7, 4, 6)] + [chat_prompt(ITEMS[:2])]

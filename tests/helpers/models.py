@@ -24,9 +24,10 @@ EXAMPLE_IDS = [0, 7, 3, 42, 5, 11]
 MODEL_IDS = BACKBONES.names() + [f"{m}({b})" for m in METHODS.names() for b in BACKBONES.names()]
 
 
-def synthetic_tables(method, ids=np.arange(64), seed: int = 0, present=None) -> dict[str, FeatureTable]:
+def synthetic_tables(method, ids=None, seed: int = 0, present=None) -> dict[str, FeatureTable]:
     """Random unit vectors per example id for every feature the method reads."""
     rng = np.random.default_rng(seed)
+    ids = np.arange(64) if ids is None else ids
     tables = {}
     for name in method.feature_names():
         vectors = rng.normal(size=(len(ids), TEXT_DIM)).astype(np.float32)

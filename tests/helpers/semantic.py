@@ -80,10 +80,20 @@ SESSIONS = {
 
 # A larger catalogue for tests with a real LLM.
 LLM_TITLES = [
-    "Rosewater Facial Toner 8 oz", "Matte Liquid Lipstick, Ruby Red", "Volumizing Mascara Black",
-    "Argan Oil Shampoo for Dry Hair", "Argan Oil Conditioner", "Gel Nail Polish Set, 6 Colors",
-    "Vitamin C Serum", "Coconut Body Lotion", "Tea Tree Face Wash", "Charcoal Peel-Off Mask",
-    "Bamboo Makeup Brush Set", "SPF 50 Sunscreen Spray", "Lavender Bath Bombs", "Keratin Hair Mask",
+    "Rosewater Facial Toner 8 oz",
+    "Matte Liquid Lipstick, Ruby Red",
+    "Volumizing Mascara Black",
+    "Argan Oil Shampoo for Dry Hair",
+    "Argan Oil Conditioner",
+    "Gel Nail Polish Set, 6 Colors",
+    "Vitamin C Serum",
+    "Coconut Body Lotion",
+    "Tea Tree Face Wash",
+    "Charcoal Peel-Off Mask",
+    "Bamboo Makeup Brush Set",
+    "SPF 50 Sunscreen Spray",
+    "Lavender Bath Bombs",
+    "Keratin Hair Mask",
 ]
 
 

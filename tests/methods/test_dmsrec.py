@@ -12,14 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers.tiny_dataset import write_tiny_dataset
 
 from intentrec.config import Config
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import ConfigError, DataError
 from intentrec.models.methods import FeatureTable, build_method
-from intentrec.models.methods.losses import ALIGNMENTS
-from intentrec.models.registry import BACKBONES, build_backbone, load_all
 from intentrec.models.methods.dmsrec_features import (
     group_means,
     llm_tables,
@@ -27,7 +24,10 @@ from intentrec.models.methods.dmsrec_features import (
     split_intents,
     titles_intents,
 )
+from intentrec.models.methods.losses import ALIGNMENTS
+from intentrec.models.registry import BACKBONES, build_backbone, load_all
 from intentrec.semantic.encoders import ENCODERS, TextEncoder
+from tests.helpers.tiny_dataset import write_tiny_dataset
 
 load_all()
 ENCODER = "dmsrec-test-hash"
@@ -103,7 +103,10 @@ def test_split_matches_the_truncated_titles_the_prompt_shows():
 
 
 def test_an_empty_group_copies_the_other():
-    assert split_intents(["Blue Mascara", "Soap"], ["Red Lipstick"]) == (["Blue Mascara", "Soap"], ["Blue Mascara", "Soap"])
+    assert split_intents(["Blue Mascara", "Soap"], ["Red Lipstick"]) == (
+        ["Blue Mascara", "Soap"],
+        ["Blue Mascara", "Soap"],
+    )
     assert split_intents(["red lipstick"], ["Red Lipstick"]) == (["red lipstick"], ["red lipstick"])
     assert split_intents(["", "  "], ["x"]) == ([], [])
 
@@ -127,12 +130,14 @@ def test_titles_source_rule_matches_a_plain_loop():
     num_items, latent_top = 12, 2
     catalogue = rng.normal(size=(num_items, 4)).astype(np.float32)
     prefixes = [[1, 2, 2], [7], [3, 4, 5, 6, 8, 9], [10, 11]]
-    candidates = np.array([
-        [2, 5, 6, 1, 9, 10],  # clicked 2 and 1 among candidates
-        [3, 4, 5, 6, 8, 9],  # nothing clicked: explicit copies latent
-        [3, 4, 5, 6, 8, 9],  # everything clicked: latent copies explicit
-        [12, 10, 1, 2, 3, 4],
-    ])
+    candidates = np.array(
+        [
+            [2, 5, 6, 1, 9, 10],  # clicked 2 and 1 among candidates
+            [3, 4, 5, 6, 8, 9],  # nothing clicked: explicit copies latent
+            [3, 4, 5, 6, 8, 9],  # everything clicked: latent copies explicit
+            [12, 10, 1, 2, 3, 4],
+        ]
+    )
     values = np.array([i for p in prefixes for i in p])
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in prefixes])])
     explicit, latent, stats = titles_intents(values, offsets, candidates, catalogue, latent_top=latent_top)
@@ -150,12 +155,16 @@ def test_titles_source_rule_matches_a_plain_loop():
 
 def text_tables(names=("explicit", "latent"), n=64, dim=8, seed=0):
     rng = np.random.default_rng(seed)
-    return {g: FeatureTable(np.arange(n), rng.normal(size=(n, dim)).astype(np.float32), np.ones(n, bool)) for g in names}
+    return {
+        g: FeatureTable(np.arange(n), rng.normal(size=(n, dim)).astype(np.float32), np.ones(n, bool)) for g in names
+    }
 
 
 def make(dataset, backbone="srgnn", backbone_config=None, **config):
     torch.manual_seed(0)
-    bb = build_backbone(backbone, dataset.num_items, {"embedding_dim": 16} if backbone_config is None else backbone_config)
+    bb = build_backbone(
+        backbone, dataset.num_items, {"embedding_dim": 16} if backbone_config is None else backbone_config
+    )
     bb.prepare(dataset)
     m = build_method("dmsrec", bb, config)
     m.attach(text_tables(m.feature_names()))
@@ -163,7 +172,9 @@ def make(dataset, backbone="srgnn", backbone_config=None, **config):
 
 
 def batch():
-    return SessionBatch.from_lists([[1, 2, 3], [4], [5, 6, 7, 5], [9, 9]], targets=[2, 3, 4, 1], example_ids=[3, 9, 12, 40])
+    return SessionBatch.from_lists(
+        [[1, 2, 3], [4], [5, 6, 7, 5], [9, 9]], targets=[2, 3, 4, 1], example_ids=[3, 9, 12, 40]
+    )
 
 
 def test_fusion_and_loss_follow_the_paper(tiny):
@@ -259,7 +270,9 @@ def test_fusion_shapes_and_gradients_for_every_backbone(tiny, backbone):
     for name, p in grads.items():
         if not name.startswith("backbone."):
             assert p.grad is not None and torch.any(p.grad != 0), name
-    starved = [n for n in feeding if grads["backbone." + n].grad is None or not torch.any(grads["backbone." + n].grad != 0)]
+    starved = [
+        n for n in feeding if grads["backbone." + n].grad is None or not torch.any(grads["backbone." + n].grad != 0)
+    ]
     assert not starved
 
 
@@ -276,8 +289,19 @@ def _store_answers(dataset, store_path: Path, llm_path: Path, answers: dict[int,
     records, links = [], []
     for eid, text in answers.items():
         key = answer_key(identity["backend"], identity["model_sha256"], {}, version, f"prompt {eid}")
-        records.append(AnswerRecord(key, identity["backend"], identity["model"], identity["model_sha256"], "dmsrec",
-                                    version, "{}", f"prompt {eid}", text))
+        records.append(
+            AnswerRecord(
+                key,
+                identity["backend"],
+                identity["model"],
+                identity["model_sha256"],
+                "dmsrec",
+                version,
+                "{}",
+                f"prompt {eid}",
+                text,
+            )
+        )
         links.append((eid, key))
     with AnswerStore(store_path) as store:
         store.put_many(records)
@@ -335,15 +359,35 @@ def test_llm_source_splits_answers_and_refuses_uncovered_examples(tmp_path):
             assert not explicit.present[pos]
             continue
         e, lat = split_intents(pieces, [titles[i - 1] for i in prefixes[eid]], [item_ids[i - 1] for i in prefixes[eid]])
-        np.testing.assert_allclose(explicit.vectors[pos], encoder.encode(e, normalize=True).mean(0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(latent.vectors[pos], encoder.encode(lat, normalize=True).mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            explicit.vectors[pos], encoder.encode(e, normalize=True).mean(0), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            latent.vectors[pos], encoder.encode(lat, normalize=True).mean(0), rtol=1e-5, atol=1e-6
+        )
 
     config = {"source": "llm", "llm": str(llm_path), "store": str(store_path), "encoder": ENCODER}
     with pytest.raises(DataError, match="have no text features"):
-        train(dataset.path, "srgnn", {"embedding_dim": 8}, {"epochs": 1}, out=tmp_path / "refused",
-              method="dmsrec", method_config=config, progress=False)
-    result = train(dataset.path, "srgnn", {"embedding_dim": 8}, {"epochs": 1}, out=tmp_path / "run",
-                   method="dmsrec", method_config={**config, "restrict_to_covered": True}, progress=False)
+        train(
+            dataset.path,
+            "srgnn",
+            {"embedding_dim": 8},
+            {"epochs": 1},
+            out=tmp_path / "refused",
+            method="dmsrec",
+            method_config=config,
+            progress=False,
+        )
+    result = train(
+        dataset.path,
+        "srgnn",
+        {"embedding_dim": 8},
+        {"epochs": 1},
+        out=tmp_path / "run",
+        method="dmsrec",
+        method_config={**config, "restrict_to_covered": True},
+        progress=False,
+    )
     semantic = result.metrics["semantic"]
     assert semantic["source"] == "llm"
     assert semantic["examples_used"]["train"] == semantic["examples_total"]["train"] - 4
@@ -371,18 +415,44 @@ def test_end_to_end_titles_source_over_srgnn(tiny, tmp_path):
     from intentrec.training.candidates import build_declared_candidates
 
     # prepare() never trains: without the candidate file, training stops and names the command that builds it
-    with pytest.raises(DataError, match="candidate file this run reads is missing; build it first with\n  intentrec candidates "):
-        train(tiny.path, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "run",
-              method="dmsrec", method_config=config, progress=False)
+    with pytest.raises(
+        DataError, match="candidate file this run reads is missing; build it first with\n  intentrec candidates "
+    ):
+        train(
+            tiny.path,
+            "srgnn",
+            {"embedding_dim": 16},
+            {"epochs": 2},
+            out=tmp_path / "run",
+            method="dmsrec",
+            method_config=config,
+            progress=False,
+        )
     assert not candidates_path(tiny.path, "gcegnn", 2).exists()
     built = build_declared_candidates(tiny.path, "srgnn", {"embedding_dim": 16}, "dmsrec", config, progress=False)
     assert built is not None and built.path == candidates_path(tiny.path, "gcegnn", 2)
-    result = train(tiny.path, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "run",
-                   method="dmsrec", method_config=config, progress=False)
+    result = train(
+        tiny.path,
+        "srgnn",
+        {"embedding_dim": 16},
+        {"epochs": 2},
+        out=tmp_path / "run",
+        method="dmsrec",
+        method_config=config,
+        progress=False,
+    )
     # a file built with other settings than the run declares is refused, never used silently
     with pytest.raises(DataError, match=r"built with other settings \(trainer differ\)"):
-        train(tiny.path, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "other",
-              method="dmsrec", method_config={**config, "candidate_epochs": 2}, progress=False)
+        train(
+            tiny.path,
+            "srgnn",
+            {"embedding_dim": 16},
+            {"epochs": 2},
+            out=tmp_path / "other",
+            method="dmsrec",
+            method_config={**config, "candidate_epochs": 2},
+            progress=False,
+        )
     semantic = result.metrics["semantic"]
     assert semantic["source"] == "titles" and semantic["alignment"] == "kl"
     assert semantic["views"] == ["explicit", "latent"]

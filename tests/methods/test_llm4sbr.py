@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.helpers.tiny_dataset import write_tiny_dataset
 
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.models.methods import FeatureTable, build_method
+from intentrec.models.methods.llm4sbr_features import window_means
 from intentrec.models.methods.losses import directau
 from intentrec.models.registry import build_backbone
-from intentrec.models.methods.llm4sbr_features import window_means
-
+from tests.helpers.tiny_dataset import write_tiny_dataset
 
 
 def tables(names, n=64, dim=8, seed=0):
@@ -46,9 +45,9 @@ def test_fusion_follows_the_paper(tiny):
     local, global_ = out.vectors["local"], out.vectors["global"]
     t_long = m.text_proj(m.feature("long", b.example_ids))
     t_short = m.text_proj(m.feature("short", b.example_ids))
-    l = torch.sigmoid(global_ + t_long) @ m.w_long.weight.t()
+    w_l = torch.sigmoid(global_ + t_long) @ m.w_long.weight.t()
     s = torch.sigmoid(local + t_short) @ m.w_short.weight.t()
-    expected = m.combine(torch.cat([l * global_, s * local], dim=1))
+    expected = m.combine(torch.cat([w_l * global_, s * local], dim=1))
     fused, aux = m.fuse(out, b)
     torch.testing.assert_close(fused.session, expected)
     torch.testing.assert_close(aux["au_long"], directau(global_, t_long))
@@ -106,8 +105,16 @@ def test_llm_infer_ablation_trains_nothing(tiny, tmp_path):
     pytest.importorskip("sentence_transformers")
     from intentrec.training import train
 
-    result = train(tiny.path, "srgnn", {"embedding_dim": 16}, {"epochs": 5}, out=tmp_path / "infer",
-                   method="llm4sbr", method_config={"infer_only": True, "k": 2}, progress=False)
+    result = train(
+        tiny.path,
+        "srgnn",
+        {"embedding_dim": 16},
+        {"epochs": 5},
+        out=tmp_path / "infer",
+        method="llm4sbr",
+        method_config={"infer_only": True, "k": 2},
+        progress=False,
+    )
     assert result.epochs_run == 1 and result.history[0]["loss"] == 0.0
     assert 0.0 <= result.test["HR@20"] <= 1.0
 
@@ -129,16 +136,40 @@ def test_llm_source_with_a_real_small_llm(tmp_path):
     with AnswerStore(store_path) as store:
         for template in ("llm4sbr-long", "llm4sbr-short"):
             for split, limit in (("train", 4), ("valid", 2), ("test", 2)):
-                report = run_inference(data, template=template, llm="smollm2", split=split, limit=limit, store=store,
-                                       progress=False, decoding=DecodingConfig(max_tokens=16),
-                                       llm_options={"n_parallel": 4})
+                report = run_inference(
+                    data,
+                    template=template,
+                    llm="smollm2",
+                    split=split,
+                    limit=limit,
+                    store=store,
+                    progress=False,
+                    decoding=DecodingConfig(max_tokens=16),
+                    llm_options={"n_parallel": 4},
+                )
                 assert report.covered == limit
     config = {"source": "llm", "llm": "smollm2", "store": str(store_path), "k": 2}
     with pytest.raises(DataError, match="have no text features"):
-        train(data, "srgnn", {"embedding_dim": 16}, {"epochs": 1}, out=tmp_path / "refused",
-              method="llm4sbr", method_config=config, progress=False)
-    result = train(data, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "run", method="llm4sbr",
-                   method_config={**config, "restrict_to_covered": True}, progress=False)
+        train(
+            data,
+            "srgnn",
+            {"embedding_dim": 16},
+            {"epochs": 1},
+            out=tmp_path / "refused",
+            method="llm4sbr",
+            method_config=config,
+            progress=False,
+        )
+    result = train(
+        data,
+        "srgnn",
+        {"embedding_dim": 16},
+        {"epochs": 2},
+        out=tmp_path / "run",
+        method="llm4sbr",
+        method_config={**config, "restrict_to_covered": True},
+        progress=False,
+    )
     semantic = result.metrics["semantic"]
     assert semantic["source"] == "llm"
     assert semantic["examples_used"] == {"train": 4, "valid": 2, "test": 2}
@@ -197,12 +228,33 @@ def test_llm_source_on_a_real_beauty_subset(tmp_path):
     with AnswerStore(store_path) as store:
         for template in ("llm4sbr-long", "llm4sbr-short"):
             for split, limit in limits.items():
-                report = run_inference(data.path, template=template, llm="smollm2", split=split, limit=limit,
-                                       store=store, progress=False, decoding=DecodingConfig(max_tokens=16),
-                                       llm_options={"n_parallel": 4})
+                report = run_inference(
+                    data.path,
+                    template=template,
+                    llm="smollm2",
+                    split=split,
+                    limit=limit,
+                    store=store,
+                    progress=False,
+                    decoding=DecodingConfig(max_tokens=16),
+                    llm_options={"n_parallel": 4},
+                )
                 assert report.covered == limit
-    result = train(data.path, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "run", method="llm4sbr",
-                   method_config={"source": "llm", "llm": "smollm2", "store": str(store_path), "k": 3,
-                                  "restrict_to_covered": True}, progress=False)
+    result = train(
+        data.path,
+        "srgnn",
+        {"embedding_dim": 16},
+        {"epochs": 2},
+        out=tmp_path / "run",
+        method="llm4sbr",
+        method_config={
+            "source": "llm",
+            "llm": "smollm2",
+            "store": str(store_path),
+            "k": 3,
+            "restrict_to_covered": True,
+        },
+        progress=False,
+    )
     assert result.metrics["semantic"]["examples_used"] == limits
     assert 0.0 <= result.test["HR@20"] <= 1.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.helpers.tiny_dataset import write_tiny_dataset
 
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import DataError
@@ -18,6 +17,7 @@ from intentrec.models.methods import METHODS, FeatureTable, build_method
 from intentrec.models.methods.registry import load_all as load_methods
 from intentrec.models.registry import BACKBONES, build_backbone
 from intentrec.models.registry import load_all as load_backbones
+from tests.helpers.tiny_dataset import write_tiny_dataset
 
 load_methods()
 load_backbones()
@@ -36,8 +36,9 @@ def tiny_dataset(tmp_path_factory):
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny_dataset"))
 
 
-def synthetic_tables(method, ids=np.arange(64), seed: int = 0, present=None) -> dict[str, FeatureTable]:
+def synthetic_tables(method, ids=None, seed: int = 0, present=None) -> dict[str, FeatureTable]:
     rng = np.random.default_rng(seed)
+    ids = np.arange(64) if ids is None else ids
     tables = {}
     for name in method.feature_names():
         vectors = rng.normal(size=(len(ids), TEXT_DIM)).astype(np.float32)

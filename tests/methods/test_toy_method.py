@@ -16,16 +16,15 @@ import torch
 from pydantic import Field
 from torch import nn
 
+import tests.models.test_session_model_contract as contract
 from intentrec.data.batch import SessionBatch
 from intentrec.data.dataset import PreparedDataset
 from intentrec.models.base import BackboneOutput
 from intentrec.models.features import ItemFeatureTable
 from intentrec.models.methods.base import Method, MethodConfig
 from intentrec.models.methods.registry import METHODS, register_method
-
-import tests.models.test_session_model_contract as contract
-from tests.helpers.tinyrun import write_tiny_dataset as write_run_dataset
 from tests.helpers.tiny_dataset import write_tiny_dataset
+from tests.helpers.tinyrun import write_tiny_dataset as write_run_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -50,7 +49,9 @@ class Popularity(Method):
         return ("train_clicks",)
 
     def load_item_features(self, dataset: PreparedDataset) -> dict[str, ItemFeatureTable]:
-        return {"train_clicks": ItemFeatureTable(dataset.train_counts().astype(np.int64), info={"name": "train_clicks"})}
+        return {
+            "train_clicks": ItemFeatureTable(dataset.train_counts().astype(np.int64), info={"name": "train_clicks"})
+        }
 
     def serving_problem(self) -> str | None:
         return None  # item features do not depend on the session
@@ -119,8 +120,16 @@ def test_it_trains_evaluates_and_serves_through_the_normal_commands(tmp_path):
     from intentrec.training import evaluate_run, load_run, train
 
     data = write_run_dataset(tmp_path / "data")
-    result = train(data, "srgnn", {"embedding_dim": 16}, {"epochs": 2}, out=tmp_path / "run", method="popularity",
-                   method_config={"initial_weight": 0.5}, progress=False)
+    result = train(
+        data,
+        "srgnn",
+        {"embedding_dim": 16},
+        {"epochs": 2},
+        out=tmp_path / "run",
+        method="popularity",
+        method_config={"initial_weight": 0.5},
+        progress=False,
+    )
     assert result.epochs_run == 2 and 0.0 <= result.test["HR@20"] <= 1.0
     trained = load_run(tmp_path / "run")
     assert trained.model.weight.item() != 0.5  # the weight trained and was restored from the checkpoint

@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers.tiny_dataset import write_tiny_dataset
 
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import ConfigError
 from intentrec.models.registry import BACKBONES, build_backbone, load_all
+from tests.helpers.tiny_dataset import write_tiny_dataset
 
 load_all()
 BACKBONE_NAMES = BACKBONES.names()
@@ -107,9 +107,7 @@ def test_gradients_reach_every_parameter(name, tiny_dataset):
     missing = [
         param_name
         for param_name, param in model.named_parameters()
-        if param.requires_grad
-        and param_name not in allowed
-        and (param.grad is None or not torch.any(param.grad != 0))
+        if param.requires_grad and param_name not in allowed and (param.grad is None or not torch.any(param.grad != 0))
     ]
     assert not missing, f"{name}: no gradient reaches {missing}"
 
@@ -184,9 +182,7 @@ def test_same_seed_same_model(name, tiny_dataset):
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
     assert torch.equal(eval_outputs(first, batch)["scores"], eval_outputs(second, batch)["scores"])
-    assert not torch.equal(
-        eval_outputs(first, batch)["scores"], eval_outputs(other, batch)["scores"]
-    )
+    assert not torch.equal(eval_outputs(first, batch)["scores"], eval_outputs(other, batch)["scores"])
 
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)

@@ -146,9 +146,7 @@ def test_edge_types_and_packed_relation_pairs():
 def test_segment_softmax_by_hand():
     scores = torch.tensor([0.0, math.log(2.0), 0.0, 5.0])
     segment = torch.tensor([0, 0, 1, 2])
-    torch.testing.assert_close(
-        segment_softmax(scores, segment, 3), torch.tensor([1 / 3, 2 / 3, 1.0, 1.0])
-    )
+    torch.testing.assert_close(segment_softmax(scores, segment, 3), torch.tensor([1 / 3, 2 / 3, 1.0, 1.0]))
     weighted = segment_softmax(scores, segment, 3, multiplicity=torch.tensor([2.0, 1.0, 1.0, 3.0]))
     torch.testing.assert_close(weighted, torch.tensor([0.5, 0.5, 1.0, 1.0]))
     # Columns are independent softmaxes; huge scores do not overflow.

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers.tiny_dataset import write_tiny_dataset
 
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import IntentrecError
@@ -21,6 +20,7 @@ from intentrec.models.backbones.tagnn import target_attention
 from intentrec.models.graph import segment_softmax, session_graph
 from intentrec.models.layers import gather_last
 from intentrec.models.registry import backbone_class, build_backbone
+from tests.helpers.tiny_dataset import write_tiny_dataset
 
 SESSIONS = [[1, 2, 3, 2, 4], [5, 5], [7], [3, 9, 3, 9, 3, 1], [6, 8, 6]]
 NUM_ITEMS = 10
@@ -50,9 +50,7 @@ def gnn_by_hand(model, nodes, a_in, a_out):
     layer = model.gnn.layer
     h = model.id_table[torch.tensor(nodes) - 1]
     for _ in range(model.config.steps):
-        m = torch.cat(
-            [a_in @ layer.edge_in(h) + layer.bias_in, a_out @ layer.edge_out(h) + layer.bias_out], 1
-        )
+        m = torch.cat([a_in @ layer.edge_in(h) + layer.bias_in, a_out @ layer.edge_out(h) + layer.bias_out], 1)
         x_r, x_z, x_n = layer.input_gates(m).chunk(3, 1)
         h_r, h_z, h_n = layer.hidden_gates(h).chunk(3, 1)
         r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
@@ -161,9 +159,7 @@ def test_niser_without_positions_is_normalised_srgnn():
     with torch.no_grad():
         srgnn.id_table.copy_(F.normalize(niser.id_table, dim=1))
         batch = SessionBatch.from_lists(SESSIONS)
-        torch.testing.assert_close(
-            niser.encode(batch).session, F.normalize(srgnn.encode(batch).session, dim=1)
-        )
+        torch.testing.assert_close(niser.encode(batch).session, F.normalize(srgnn.encode(batch).session, dim=1))
 
 
 # ---------------------------------------------------------------------------- TAGNN
@@ -197,9 +193,7 @@ def test_tagnn_item_chunks_do_not_change_scores():
     chunked.load_state_dict(whole.state_dict())
     batch = SessionBatch.from_lists(SESSIONS)
     with torch.no_grad():
-        torch.testing.assert_close(
-            chunked.score(chunked.encode(batch)), whole.score(whole.encode(batch))
-        )
+        torch.testing.assert_close(chunked.score(chunked.encode(batch)), whole.score(whole.encode(batch)))
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 100])
@@ -208,10 +202,7 @@ def test_tagnn_target_attention_matches_autograd_of_the_formula(chunk, scale):
     generator = torch.Generator().manual_seed(0)
     owner = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
     counts = torch.tensor([1.0, 2, 1, 1, 1, 1, 3, 1, 1], dtype=torch.double)
-    keys, states, items = (
-        torch.randn(rows, 4, dtype=torch.double, generator=generator)
-        for rows in (9, 9, 7)
-    )
+    keys, states, items = (torch.randn(rows, 4, dtype=torch.double, generator=generator) for rows in (9, 9, 7))
     keys = (keys * scale).requires_grad_()
     states, items = states.requires_grad_(), items.requires_grad_()
     fused = target_attention(keys, states, items, owner, counts, 3, chunk)
@@ -334,9 +325,9 @@ def test_gcegnn_matches_per_session_equations(tiny):
                 keep = nbr > 0
                 hn = table[nbr[keep] - 1]
                 w = model.neighbor_weights[item][keep].unsqueeze(1)
-                pi = agg.attention_score(
-                    F.leaky_relu(agg.attention_hidden(torch.cat([s * hn, w], 1)), slope)
-                ).squeeze(1)
+                pi = agg.attention_score(F.leaky_relu(agg.attention_hidden(torch.cat([s * hn, w], 1)), slope)).squeeze(
+                    1
+                )
                 pooled = (torch.softmax(pi, 0).unsqueeze(1) * hn).sum(0)
                 global_.append(torch.relu(agg.output(torch.cat([state, pooled]))))
             x = (local + torch.stack(global_))[alias]

@@ -20,7 +20,6 @@ from intentrec.models.layers import (
 )
 from intentrec.models.registry import build_backbone
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -35,9 +34,7 @@ def test_masked_softmax_ignores_padding_and_empties_fully_masked_rows():
 
 
 def test_masked_mean_and_gather_last():
-    values = torch.tensor(
-        [[[1.0, 2.0], [3.0, 4.0], [99.0, 99.0]], [[5.0, 6.0], [0.0, 0.0], [0.0, 0.0]]]
-    )
+    values = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [99.0, 99.0]], [[5.0, 6.0], [0.0, 0.0], [0.0, 0.0]]])
     mask = torch.tensor([[True, True, False], [True, False, False]])
     torch.testing.assert_close(masked_mean(values, mask), torch.tensor([[2.0, 3.0], [5.0, 6.0]]))
     last = gather_last(values, torch.tensor([2, 1]))
@@ -235,7 +232,10 @@ def test_packed_gru_equals_running_each_session_alone(num_layers):
     inputs = torch.randn(packing.num_tokens, 4, requires_grad=True)
     states = run_gru(gru, inputs, LengthGroups(packing))
     expected = torch.cat(
-        [gru(inputs[start : start + n].unsqueeze(0))[0].squeeze(0) for start, n in zip(packing.starts.tolist(), lengths.tolist())]
+        [
+            gru(inputs[start : start + n].unsqueeze(0))[0].squeeze(0)
+            for start, n in zip(packing.starts.tolist(), lengths.tolist())
+        ]
     )
     torch.testing.assert_close(states, expected)
     upstream = torch.randn_like(states)

@@ -14,7 +14,6 @@ from torch import nn
 from intentrec.errors import IntentrecError
 from intentrec.models.base import CAPABILITIES, Needs
 from intentrec.training.config import TrainerConfig
-
 from tests.helpers.models import MODEL_IDS, batch, build
 from tests.helpers.tiny_dataset import write_tiny_dataset
 

@@ -10,11 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from intentrec.errors import ConfigError, DataError
 from intentrec.data.candidates import candidates_path, read_candidates
 from intentrec.data.folds import assign_folds
+from intentrec.errors import ConfigError, DataError
 from intentrec.training.candidates import ALL_FOLD, ALL_RUN, cross_fit_candidates
-
 from tests.helpers.tiny_dataset import write_tiny_dataset
 
 TINY = {"model_config": {"embedding_dim": 8}, "trainer_config": {"epochs": 1}}
@@ -27,8 +26,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def crossfit(tmp_path_factory):
     root = tmp_path_factory.mktemp("candidates")
     dataset = write_tiny_dataset(root / "ds")
-    result = cross_fit_candidates(dataset.path, model="gcegnn", folds=3, top=12, work_dir=root / "work",
-                                  progress=False, **TINY)
+    result = cross_fit_candidates(
+        dataset.path, model="gcegnn", folds=3, top=12, work_dir=root / "work", progress=False, **TINY
+    )
     return dataset, result, root
 
 
@@ -44,8 +44,11 @@ def _table(path: Path) -> dict[str, np.ndarray]:
 
 def _examples(dataset_dir: Path):
     t = pq.read_table(Path(dataset_dir) / "examples.parquet")
-    return (t.column("example_id").to_numpy(), np.asarray(t.column("split").to_pylist(), dtype=object),
-            t.column("session_index").to_numpy())
+    return (
+        t.column("example_id").to_numpy(),
+        np.asarray(t.column("split").to_pylist(), dtype=object),
+        t.column("session_index").to_numpy(),
+    )
 
 
 def _trained_sessions(run_dir: Path) -> tuple[set[int], set[int]]:
@@ -93,7 +96,7 @@ def test_no_train_example_is_scored_by_a_model_that_saw_its_session(crossfit):
         assert trained[f"fold-{f}"][0] == all_train_sessions - held
         info = result.provenance["folds"][str(f)]
         assert info["scored_by"] == f"fold-{f}"
-        assert info["train_examples_scored"] == int(((table["fold"] == f)).sum())
+        assert info["train_examples_scored"] == int((table["fold"] == f).sum())
         assert runs[f"fold-{f}"]["trained_on"]["train_sessions"] == len(all_train_sessions - held)
 
 
@@ -120,13 +123,22 @@ def test_fold_assignment_is_seeded_and_balanced():
 
 def test_finished_files_and_runs_are_reused(crossfit):
     dataset, result, root = crossfit
-    again = cross_fit_candidates(dataset.path, model="gcegnn", folds=3, top=12, work_dir=root / "work",
-                                 progress=False, **TINY)
+    again = cross_fit_candidates(
+        dataset.path, model="gcegnn", folds=3, top=12, work_dir=root / "work", progress=False, **TINY
+    )
     assert again.reused and again.provenance == result.provenance
     # a shorter list: a new file scored by the same finished runs, nothing is trained again
     logs = {r: (Path(i["run_dir"]) / "log.jsonl").read_text() for r, i in result.provenance["runs"].items()}
-    shorter = cross_fit_candidates(dataset.path, model="gcegnn", folds=3, top=4, work_dir=root / "work",
-                                   progress=False, out=root / "top4.parquet", **TINY)
+    shorter = cross_fit_candidates(
+        dataset.path,
+        model="gcegnn",
+        folds=3,
+        top=4,
+        work_dir=root / "work",
+        progress=False,
+        out=root / "top4.parquet",
+        **TINY,
+    )
     assert not shorter.reused
     assert {r: i["run_dir"] for r, i in shorter.provenance["runs"].items()} == {
         r: i["run_dir"] for r, i in result.provenance["runs"].items()
@@ -153,8 +165,9 @@ def test_a_second_process_waits_for_the_file_then_reuses_it(crossfit, capsys):
     thread.start()
     held.wait(5)
     started = time.perf_counter()
-    again = cross_fit_candidates(dataset.path, model="gcegnn", folds=3, top=12, work_dir=root / "work",
-                                 progress=False, **TINY)
+    again = cross_fit_candidates(
+        dataset.path, model="gcegnn", folds=3, top=12, work_dir=root / "work", progress=False, **TINY
+    )
     waited = time.perf_counter() - started
     thread.join()
     assert again.reused and waited >= 0.3
@@ -165,8 +178,9 @@ def test_leaky_mode_is_flagged_and_shares_the_all_run(crossfit):
     dataset, crossfitted, root = crossfit
     all_run = Path(crossfitted.provenance["runs"][ALL_RUN]["run_dir"])
     log = (all_run / "log.jsonl").read_text()
-    result = cross_fit_candidates(dataset.path, model="gcegnn", folds=3, top=12, leaky=True, work_dir=root / "work",
-                                  progress=False, **TINY)
+    result = cross_fit_candidates(
+        dataset.path, model="gcegnn", folds=3, top=12, leaky=True, work_dir=root / "work", progress=False, **TINY
+    )
     assert result.path.name == "candidates.gcegnn.f3.leaky.parquet"
     assert result.provenance["leaky"] is True and "leaky" in result.provenance["rule"]
     assert set(result.provenance["runs"]) == {ALL_RUN} and result.provenance["folds"] == {}

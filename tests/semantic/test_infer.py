@@ -18,8 +18,8 @@ from intentrec.semantic.infer import (
 )
 from intentrec.semantic.llm.base import DecodingConfig, Generation, LLMBackend
 from intentrec.semantic.store import AnswerStore, dataset_fingerprint
-
 from tests.helpers.semantic import SESSIONS, write_dataset
+
 
 class ScriptedLLM(LLMBackend):
     """Answers with a digest of the prompt; can fail after a number of prompts (a simulated crash)."""
@@ -39,8 +39,12 @@ class ScriptedLLM(LLMBackend):
             if self.fail_after is not None and self.answered >= self.fail_after:
                 raise KeyboardInterrupt("simulated crash")
             last_line = p[-1]["content"].split("The user clicked these items, oldest first:\n")[-1].split("\n")
-            g = Generation(text=f"answer to {last_line[0][:30]} ({len(last_line)})", prompt_tokens=10,
-                           completion_tokens=3, seconds=0.01)
+            g = Generation(
+                text=f"answer to {last_line[0][:30]} ({len(last_line)})",
+                prompt_tokens=10,
+                completion_tokens=3,
+                seconds=0.01,
+            )
             self.answered += 1
             out.append(g)
             if on_result:
@@ -120,17 +124,28 @@ def test_crash_loses_only_the_chunk_in_flight_and_resume_completes(dataset, stor
 def test_limit_sample_and_split_selection(dataset, store):
     assert select_rows(10, limit=3, sample=None, seed=0).tolist() == [0, 1, 2]
     a = select_rows(100, limit=None, sample=5, seed=1)
-    assert len(a) == 5 and a.tolist() == sorted(set(a.tolist())) and select_rows(100, limit=None, sample=5, seed=1).tolist() == a.tolist()
+    assert (
+        len(a) == 5
+        and a.tolist() == sorted(set(a.tolist()))
+        and select_rows(100, limit=None, sample=5, seed=1).tolist() == a.tolist()
+    )
     with pytest.raises(ConfigError):
         select_rows(10, limit=1, sample=1, seed=0)
-    report = run_inference(dataset, template="llm4sbr-short", llm=ScriptedLLM(), store=store, progress=False,
-                           split="train", limit=4)
+    report = run_inference(
+        dataset, template="llm4sbr-short", llm=ScriptedLLM(), store=store, progress=False, split="train", limit=4
+    )
     assert report.examples == 4 and report.split == "train" and report.unique_prompts == 4
 
 
 def test_dry_run_counts_without_a_backend(dataset, store):
-    report = run_inference(dataset, template="llm4sbr-long", llm="http://127.0.0.1:9/v1#nothing-listens",
-                           store=store, progress=False, dry_run=True)
+    report = run_inference(
+        dataset,
+        template="llm4sbr-long",
+        llm="http://127.0.0.1:9/v1#nothing-listens",
+        store=store,
+        progress=False,
+        dry_run=True,
+    )
     assert (report.examples, report.unique_prompts, report.generated, report.covered) == (12, 7, 0, 0)
     assert report.backend == "openai" and len(report.missing_example_ids) == 12
 
@@ -142,12 +157,14 @@ def test_dmsrec_needs_candidates_and_uses_them(dataset, store, tmp_path):
     ids = example_ids_of(dataset)
     pq.write_table(pa.table({"example_id": ids, "candidates": [[8, 7, 6]] * 11 + [[99]]}), path)
     with pytest.raises(IntentrecError, match=f"example {ids[-1]}.*99"):
-        run_inference(dataset, template="dmsrec", llm=ScriptedLLM(), store=store, progress=False,
-                      candidates=load_candidates(path))
+        run_inference(
+            dataset, template="dmsrec", llm=ScriptedLLM(), store=store, progress=False, candidates=load_candidates(path)
+        )
     pq.write_table(pa.table({"example_id": ids, "candidates": [[8, 7, 6]] * 12}), path)
     llm = ScriptedLLM()
-    report = run_inference(dataset, template="dmsrec", llm=llm, store=store, progress=False,
-                           candidates=load_candidates(path))
+    report = run_inference(
+        dataset, template="dmsrec", llm=llm, store=store, progress=False, candidates=load_candidates(path)
+    )
     assert report.covered == 12 and "Vitamin C Serum" in llm.calls[0][0]
     with pytest.raises(IntentrecError, match="missing column 'candidates'"):
         pq.write_table(pa.table({"example_id": [1]}), path)
@@ -172,6 +189,12 @@ def test_is_echo():
 
 def test_decoding_changes_the_key(dataset, store):
     run_inference(dataset, template="llm4sbr-short", llm=ScriptedLLM(), store=store, progress=False)
-    report = run_inference(dataset, template="llm4sbr-short", llm=ScriptedLLM(), store=store, progress=False,
-                           decoding=DecodingConfig(max_tokens=8))
+    report = run_inference(
+        dataset,
+        template="llm4sbr-short",
+        llm=ScriptedLLM(),
+        store=store,
+        progress=False,
+        decoding=DecodingConfig(max_tokens=8),
+    )
     assert report.generated == 7 and store.stats()["answers"] == 14

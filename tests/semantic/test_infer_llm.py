@@ -16,7 +16,6 @@ from intentrec.data.dataset import PreparedDataset
 from intentrec.semantic.infer import run_inference
 from intentrec.semantic.llm.base import DecodingConfig
 from intentrec.semantic.store import AnswerStore, dataset_fingerprint
-
 from tests.helpers.llm import require_smollm2
 from tests.helpers.semantic import LLM_TITLES, llm_sessions, write_dataset
 
@@ -25,14 +24,24 @@ from tests.helpers.semantic import LLM_TITLES, llm_sessions, write_dataset
 def tiny(tmp_path_factory):
     require_smollm2()
     # 8 test sessions of 6 items -> 40 prefix examples
-    return write_dataset(tmp_path_factory.mktemp("tiny") / "ds", {"train": llm_sessions(2, 4), "test": llm_sessions(8, 6)}, LLM_TITLES)
+    return write_dataset(
+        tmp_path_factory.mktemp("tiny") / "ds", {"train": llm_sessions(2, 4), "test": llm_sessions(8, 6)}, LLM_TITLES
+    )
 
 
 def test_real_generation_lands_in_the_store(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("INTENTREC_HOME", str(tmp_path))
     with AnswerStore(tmp_path / "answers.sqlite") as store:
-        report = run_inference(tiny, template="llm4sbr-short", llm="smollm2", limit=6, store=store, progress=False,
-                               decoding=DecodingConfig(max_tokens=16), llm_options={"n_parallel": 2})
+        report = run_inference(
+            tiny,
+            template="llm4sbr-short",
+            llm="smollm2",
+            limit=6,
+            store=store,
+            progress=False,
+            decoding=DecodingConfig(max_tokens=16),
+            llm_options={"n_parallel": 2},
+        )
         assert report.generated == report.unique_prompts == 6 and report.covered == 6
         assert report.prompt_tokens > 6 * 30 and report.completion_tokens > 0
         ids = PreparedDataset(tiny).examples("test").example_ids[:6].tolist()
@@ -44,9 +53,25 @@ def test_real_generation_lands_in_the_store(tiny, tmp_path, monkeypatch):
 
 def _infer_cmd(dataset, home):
     return (
-        [sys.executable, "-m", "intentrec.cli.main", "infer", str(dataset), "--prompt", "llm4sbr-short",
-         "--llm", "smollm2", "--chunk-size", "4", "--llm-set", "n_parallel=2",
-         "--set", "max_tokens=12", "--no-progress", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "intentrec.cli.main",
+            "infer",
+            str(dataset),
+            "--prompt",
+            "llm4sbr-short",
+            "--llm",
+            "smollm2",
+            "--chunk-size",
+            "4",
+            "--llm-set",
+            "n_parallel=2",
+            "--set",
+            "max_tokens=12",
+            "--no-progress",
+            "--json",
+        ],
         {**os.environ, "INTENTREC_HOME": str(home)},
     )
 

@@ -1,5 +1,6 @@
 """Catalogue embeddings and per-example intents (``embed_catalogue``, ``compute_intents``) on a tiny
-hand-written prepared dataset. The ``embed`` / ``intents`` / ``cache`` commands are tested in tests/cli/test_cli_semantic.py.
+hand-written prepared dataset. The ``embed`` / ``intents`` / ``cache`` commands are tested in
+tests/cli/test_cli_semantic.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from intentrec.semantic.intents import (
 )
 from intentrec.semantic.localization import localize
 from intentrec.semantic.store import AnswerStore
-
 from tests.helpers.intents import ALL_IDS, LLM, TITLES, make_tiny_bert, put_answers, write_dataset
 
 
@@ -43,7 +43,9 @@ def test_embed_catalogue_writes_rows_in_item_order_and_reuses_the_file(tmp_path:
     assert not result.reused_file and result.cache.encoded == 7
     npy, info_path = catalogue_paths(data, encoder.identity_key())
     assert result.path == npy and npy.parent == data / "semantic"
-    assert npy.name == f"items.{encoder.identity_key()}.npy" and info_path.name == f"items.{encoder.identity_key()}.json"
+    assert (
+        npy.name == f"items.{encoder.identity_key()}.npy" and info_path.name == f"items.{encoder.identity_key()}.json"
+    )
     stored = np.load(npy)
     expected = encoder.encode([t or "item P5" for t in TITLES], normalize=True)
     np.testing.assert_allclose(stored, expected, atol=1e-5)
@@ -63,16 +65,22 @@ def test_intents_localize_answers_and_report_coverage(tmp_path: Path, tiny_bert:
     data = write_dataset(tmp_path / "ds")
     encoder = get_encoder(f"hf:{tiny_bert}")
     with AnswerStore() as store:
-        put_answers(store, data, "llm4sbr-long", {
-            0: "1. red nail polish [ID: P1]",
-            1: "Sure! The user might like garden hose.",
-            2: "   ",  # empty
-            3: "???",  # garbage
-            6: "red lipstick",
-        })
+        put_answers(
+            store,
+            data,
+            "llm4sbr-long",
+            {
+                0: "1. red nail polish [ID: P1]",
+                1: "Sure! The user might like garden hose.",
+                2: "   ",  # empty
+                3: "???",  # garbage
+                6: "red lipstick",
+            },
+        )
         put_answers(store, data, "llm4sbr-short", {4: "shampoo"})  # another template: not used
-        result = compute_intents(data, template="llm4sbr-long", llm_identity=LLM, encoder=encoder, k=2,
-                                 split="all", store=store)
+        result = compute_intents(
+            data, template="llm4sbr-long", llm_identity=LLM, encoder=encoder, k=2, split="all", store=store
+        )
     cov = result.coverage
     assert (cov.examples, cov.with_intent, cov.missing, cov.empty, cov.garbage, cov.stale) == (8, 3, 3, 1, 1, 0)
     assert cov.missing_example_ids == [4, 5, 7]
@@ -99,8 +107,9 @@ def test_k0_keeps_the_raw_answer_embedding(tmp_path: Path, tiny_bert: Path) -> N
     encoder = get_encoder(f"hf:{tiny_bert}")
     with AnswerStore() as store:
         put_answers(store, data, "llm4sbr-long", {6: "blue hose"})
-        result = compute_intents(data, template="llm4sbr-long", llm_identity=LLM, encoder=encoder, k=0,
-                                 split="test", store=store)
+        result = compute_intents(
+            data, template="llm4sbr-long", llm_identity=LLM, encoder=encoder, k=0, split="test", store=store
+        )
     assert result.example_ids.tolist() == [6, 7]
     np.testing.assert_allclose(result.vectors[0], encoder.encode(["blue hose"], normalize=True)[0], atol=1e-5)
     assert result.path.name.endswith(".k0.test.safetensors")
@@ -111,8 +120,9 @@ def test_multi_intent_answers_are_averaged_and_kept_per_intent(tmp_path: Path, t
     encoder = get_encoder(f"hf:{tiny_bert}")
     with AnswerStore() as store:
         put_answers(store, data, "dmsrec", {0: "red lipstick; garden hose; Red Lipstick", 5: "shampoo"})
-        result = compute_intents(data, template="dmsrec", llm_identity=LLM, encoder=encoder, k=1,
-                                 split="all", store=store)
+        result = compute_intents(
+            data, template="dmsrec", llm_identity=LLM, encoder=encoder, k=1, split="all", store=store
+        )
     tensors, _ = load_intents(result.path)
     assert tensors["intent_counts"].tolist() == [2, 0, 0, 0, 0, 1, 0, 0]
     catalogue = np.load(catalogue_paths(data, encoder.identity_key())[0])
@@ -127,7 +137,14 @@ def test_answers_from_another_template_version_are_stale(tmp_path: Path, tiny_be
     data = write_dataset(tmp_path / "ds")
     with AnswerStore() as store:
         put_answers(store, data, "llm4sbr-long", {0: "red nail polish"}, version="0")
-        result = compute_intents(data, template="llm4sbr-long", llm_identity=LLM,
-                                 encoder=get_encoder(f"hf:{tiny_bert}"), k=1, split="train", store=store)
+        result = compute_intents(
+            data,
+            template="llm4sbr-long",
+            llm_identity=LLM,
+            encoder=get_encoder(f"hf:{tiny_bert}"),
+            k=1,
+            split="train",
+            store=store,
+        )
     assert result.coverage.stale == 1 and result.coverage.with_intent == 0
     assert result.coverage.unusable_example_ids == [0]

@@ -9,7 +9,23 @@ pytest.importorskip("transformers")
 from intentrec.semantic.llm import get_llm, resolve_llm_identity
 from intentrec.semantic.llm.base import DecodingConfig
 
-WORDS = ["lipstick", "mascara", "shampoo", "conditioner", "perfume", "lotion", "brush", "nail", "polish", "cream", "soap", "user", "items", "clicked", "answer"]
+WORDS = [
+    "lipstick",
+    "mascara",
+    "shampoo",
+    "conditioner",
+    "perfume",
+    "lotion",
+    "brush",
+    "nail",
+    "polish",
+    "cream",
+    "soap",
+    "user",
+    "items",
+    "clicked",
+    "answer",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +50,16 @@ def tiny_model(tmp_path_factory):
     fast.save_pretrained(folder)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder

@@ -9,7 +9,6 @@ import pytest
 from intentrec.errors import IntentrecError
 from intentrec.semantic.llm import get_llm, resolve_llm_identity
 from intentrec.semantic.llm.base import DecodingConfig
-
 from tests.helpers.llm import ITEMS, PROMPTS, chat_prompt, require_smollm2
 
 

@@ -89,7 +89,9 @@ def test_cached_sha256_follows_file_changes(tmp_path, monkeypatch):
     os.utime(f, ns=(1, 2))  # a new mtime and size invalidate the cache entry
     assert cached_sha256(f) == hashlib.sha256(b"abcd").hexdigest()
     assert resolve_llm_identity(str(f)) == {
-        "backend": "llamacpp", "model": "m.gguf", "model_sha256": hashlib.sha256(b"abcd").hexdigest()
+        "backend": "llamacpp",
+        "model": "m.gguf",
+        "model_sha256": hashlib.sha256(b"abcd").hexdigest(),
     }
 
 

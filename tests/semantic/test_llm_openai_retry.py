@@ -38,12 +38,23 @@ class FlakyServer:
                     payload, code = {"error": {"message": "busy"}}, outer.status
                 else:
                     content = "echo: " + body["messages"][-1]["content"]
-                    payload, code = {
-                        "id": f"c{n}", "object": "chat.completion", "created": 0, "model": body["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": content}}],
-                        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-                    }, 200
+                    payload, code = (
+                        {
+                            "id": f"c{n}",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": body["model"],
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": content},
+                                }
+                            ],
+                            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+                        },
+                        200,
+                    )
                 data = json.dumps(payload).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")

@@ -14,7 +14,6 @@ import pytest
 from intentrec.semantic.llm import get_llm
 from intentrec.semantic.llm.base import DecodingConfig
 from intentrec.semantic.llm.models import ensure_shipped_model
-
 from tests.helpers.llm import PROMPTS, require_smollm2
 
 pytestmark = pytest.mark.slow
@@ -37,8 +36,23 @@ def server(tmp_path_factory):
     model = ensure_shipped_model("smollm2")
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "smollm2",
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        "smollm2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        "1",
+    ]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"

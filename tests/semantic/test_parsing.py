@@ -70,7 +70,7 @@ def test_parse_single_cleans(answer: str, expected: str) -> None:
         ("...", "garbage"),
         ("I'm sorry, I cannot help with that.", "garbage"),
         ("As an AI language model, I do not know the user's taste.", "garbage"),
-        ("\U0001F600\U0001F600\U0001F600", "garbage"),
+        ("\U0001f600\U0001f600\U0001f600", "garbage"),
     ],
 )
 def test_parse_single_reports_unusable(answer: str, status: str) -> None:

@@ -24,7 +24,9 @@ SESSION = [
 ]
 CANDIDATES = [ItemText(f"C{i}", f"Candidate product {i}") for i in range(60)]
 EXAMPLES = [
-    FewShotExample([ItemText("X1", "Mascara"), ItemText("X2", "Eye primer")], ItemText("X3", "Eyeliner"), "Eye make-up."),
+    FewShotExample(
+        [ItemText("X1", "Mascara"), ItemText("X2", "Eye primer")], ItemText("X3", "Eyeliner"), "Eye make-up."
+    ),
     FewShotExample([ItemText("Y1", "Shampoo")], ItemText("Y2", "Conditioner"), "Hair care."),
 ]
 FULL = PromptContext(session=SESSION, candidates=CANDIDATES, examples=EXAMPLES)

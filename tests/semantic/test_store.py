@@ -233,10 +233,18 @@ def test_a_file_that_is_not_sqlite_is_a_data_error(tmp_path: Path) -> None:
 
 
 def test_dataset_fingerprint_ignores_when_and_where_the_dataset_was_prepared(tmp_path: Path) -> None:
-    manifest = {"created": "2026-01-01T00:00:00Z", "inputs": [{"path": "/a/x.csv", "sha256": "ab"}], "statistics": {"seconds": 1.0, "items": 3}}
+    manifest = {
+        "created": "2026-01-01T00:00:00Z",
+        "inputs": [{"path": "/a/x.csv", "sha256": "ab"}],
+        "statistics": {"seconds": 1.0, "items": 3},
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     first = dataset_fingerprint(tmp_path)
-    again = {"created": "2027-05-05T00:00:00Z", "inputs": [{"path": "/b/x.csv", "sha256": "ab"}], "statistics": {"seconds": 9.5, "items": 3}}
+    again = {
+        "created": "2027-05-05T00:00:00Z",
+        "inputs": [{"path": "/b/x.csv", "sha256": "ab"}],
+        "statistics": {"seconds": 9.5, "items": 3},
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(again, indent=2))
     assert dataset_fingerprint(tmp_path) == first
     (tmp_path / "manifest.json").write_text(json.dumps({**again, "statistics": {"items": 4}}))

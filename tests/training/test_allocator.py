@@ -11,7 +11,6 @@ import torch
 from intentrec import training
 from intentrec.training import allocator, trainer
 from intentrec.training.config import TrainerConfig
-
 from tests.helpers.tinyrun import TEST_BACKBONE, write_tiny_dataset
 
 glibc_only = pytest.mark.skipif(
@@ -110,7 +109,10 @@ def test_the_trainer_calls_it_only_when_asked(tmp_path, monkeypatch):
     data = write_tiny_dataset(tmp_path / "data")
     for flag, expected in ((False, 0), (True, 1)):
         training.train(
-            data, TEST_BACKBONE, trainer_config={"epochs": 1, "keep_freed_memory": flag},
-            out=tmp_path / f"run-{flag}", progress=False,
+            data,
+            TEST_BACKBONE,
+            trainer_config={"epochs": 1, "keep_freed_memory": flag},
+            out=tmp_path / f"run-{flag}",
+            progress=False,
         )
         assert len(calls) == expected

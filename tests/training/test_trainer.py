@@ -7,7 +7,6 @@ from safetensors.torch import load_file
 
 from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.training import PAPER_MODE_SELECTION, RunDir, load_run, train
-
 from tests.helpers import child_env
 from tests.helpers.tinyrun import FAST_TRAINER, TEST_BACKBONE, write_tiny_dataset
 
@@ -192,9 +191,7 @@ def test_lr_decays_by_step(tiny_dataset, tmp_path):
 
 
 def test_paper_mode_reports_per_metric_max_over_test_epochs(tiny_dataset, tmp_path):
-    result = train(
-        tiny_dataset, TEST_BACKBONE, None, {**FAST_TRAINER, "select_on": "test"}, out=tmp_path / "run"
-    )
+    result = train(tiny_dataset, TEST_BACKBONE, None, {**FAST_TRAINER, "select_on": "test"}, out=tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert result.paper_mode and metrics["selection"] == PAPER_MODE_SELECTION
     assert "PAPER MODE" in metrics["warning"]
@@ -211,9 +208,7 @@ def test_paper_mode_reports_per_metric_max_over_test_epochs(tiny_dataset, tmp_pa
 
 def test_track_test_exposes_the_test_curve_without_using_it(tiny_dataset, tmp_path):
     plain = train(tiny_dataset, TEST_BACKBONE, None, FAST_TRAINER, out=tmp_path / "plain")
-    tracked = train(
-        tiny_dataset, TEST_BACKBONE, None, {**FAST_TRAINER, "track_test": True}, out=tmp_path / "t"
-    )
+    tracked = train(tiny_dataset, TEST_BACKBONE, None, {**FAST_TRAINER, "track_test": True}, out=tmp_path / "t")
     assert not tracked.paper_mode
     assert tracked.test == plain.test and tracked.best_epoch == plain.best_epoch  # selection unchanged
     per_epoch = tracked.metrics["per_epoch"]
@@ -236,9 +231,7 @@ def test_diverging_loss_stops_with_a_clear_error(tiny_dataset, tmp_path, monkeyp
     from tests.helpers import tinyrun
 
     original = tinyrun.MeanBackbone.loss
-    monkeypatch.setattr(
-        tinyrun.MeanBackbone, "loss", lambda self, batch: original(self, batch) * float("nan")
-    )
+    monkeypatch.setattr(tinyrun.MeanBackbone, "loss", lambda self, batch: original(self, batch) * float("nan"))
     with pytest.raises(IntentrecError, match="diverged.*epoch 1"):
         train(tiny_dataset, TEST_BACKBONE, None, FAST_TRAINER, out=tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -285,9 +278,7 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(tiny_dataset, tmp_pa
         train({str(tiny_dataset)!r}, "test-mean", None, {FAST_TRAINER!r}, out={str(run)!r}, progress=False)
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=child_env()
-    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=child_env())
     assert proc.returncode == -9, proc.stderr
     assert [r["epoch"] for r in _log(run)] == [1]
     assert not (run / "metrics.json").exists()

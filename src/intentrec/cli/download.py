@@ -43,13 +43,10 @@ def download(
     ),
     mirror: str | None = typer.Option(
         None,
-        help="Fetch every file from MIRROR/NAME instead of the official host (same files; "
-        "sha256 still checked).",
+        help="Fetch every file from MIRROR/NAME instead of the official host (same files; sha256 still checked).",
     ),
     timeout: float = typer.Option(60.0, help="Seconds without data before giving up."),
-    progress: bool | None = typer.Option(
-        None, "--progress/--no-progress", help="Progress bar [on a terminal only]."
-    ),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar [on a terminal only]."),
 ) -> None:
     """Download a source's official files (where they can be fetched directly) and unpack them."""
     from intentrec.data.download import download as fetch
@@ -66,7 +63,6 @@ def download(
     for path in outcome.files:
         typer.echo(str(path))
     typer.echo(
-        f"{outcome.variant} is in {outcome.dest}; next: intentrec prepare {outcome.source} "
-        f"{outcome.dest} --out DIR",
+        f"{outcome.variant} is in {outcome.dest}; next: intentrec prepare {outcome.source} {outcome.dest} --out DIR",
         err=True,
     )

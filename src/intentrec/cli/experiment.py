@@ -39,17 +39,13 @@ def experiment_command(
         None, "--only", help="Run only ids matching this glob (repeatable; '*' also matches '/')."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and which are done; train nothing."),
-    report_only: bool = typer.Option(
-        False, "--report-only", help="Only rebuild md/csv/png from the records."
-    ),
+    report_only: bool = typer.Option(False, "--report-only", help="Only rebuild md/csv/png from the records."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads per run."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto, for every run."),
     max_runs: int | None = typer.Option(
         None, "--max-runs", min=1, help="Stop after training this many new runs (chunk a long grid)."
     ),
-    progress: bool = typer.Option(
-        True, "--progress/--no-progress", help="Progress bar per epoch on a terminal."
-    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar per epoch on a terminal."),
 ) -> None:
     from intentrec.experiments import Experiment, RunOptions, describe, run_experiment
     from intentrec.experiments import report_only as rebuild

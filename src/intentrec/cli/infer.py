@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
         sample: int | None = typer.Option(None, "--sample", help="A random sample of N examples (see --seed)."),
         seed: int = typer.Option(0, "--seed", help="Seed of --sample."),
         decoding_set: list[str] = typer.Option(
-            [], "--set", help="Decoding override key=value (max_tokens, temperature, top_p, repeat_penalty, stop, seed)."
+            [],
+            "--set",
+            help="Decoding override key=value (max_tokens, temperature, top_p, repeat_penalty, stop, seed).",
         ),
         llm_set: list[str] = typer.Option(
             [], "--llm-set", help="Backend option key=value (e.g. n_parallel=8, model=NAME, concurrency=16)."
@@ -86,8 +88,10 @@ def register(app: typer.Typer) -> None:
             + (f" in {r.seconds:.1f} s ({r.prompts_per_second:.2f} prompts/s)" if r.generated else "")
         )
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(r.status_counts.items())) or "none"
-        typer.echo(f"coverage: {r.covered}/{r.examples} examples ({100 * r.coverage:.1f}%); answers: {statuses}; "
-                   f"echoing a session title: {r.echoes}")
+        typer.echo(
+            f"coverage: {r.covered}/{r.examples} examples ({100 * r.coverage:.1f}%); answers: {statuses}; "
+            f"echoing a session title: {r.echoes}"
+        )
         if r.missing_example_ids:
             shown = ", ".join(map(str, r.missing_example_ids[:10]))
             more = " …" if len(r.missing_example_ids) > 10 else ""

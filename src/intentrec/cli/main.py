@@ -85,5 +85,6 @@ def _is_click_error(exc: Exception) -> bool:
     # typer ships its own copy of click (typer._click), so match the class by name, not identity.
     return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
 
+
 if __name__ == "__main__":
     main()

@@ -43,9 +43,7 @@ def prepare(
     ),
     gap_seconds: float | None = typer.Option(None, help="Inactivity gap for --session gap [1800]."),
     bin_seconds: float | None = typer.Option(None, help="Clock bin for --session clock-bin [600]."),
-    window_seconds: float | None = typer.Option(
-        None, help="Window for --session day-window [300]."
-    ),
+    window_seconds: float | None = typer.Option(None, help="Window for --session day-window [300]."),
     min_item_support: int | None = typer.Option(None, help="Drop items with fewer clicks [5]."),
     min_session_length: int | None = typer.Option(None, help="Drop shorter sessions [2]."),
     filter_passes: str | None = typer.Option(None, help="1 or fixpoint [1]."),
@@ -60,12 +58,8 @@ def prepare(
     ),
     split: str | None = typer.Option(None, help="order, time or random [order]."),
     test_fraction: float | None = typer.Option(None, help="Share of sessions in test [0.1]."),
-    valid_fraction: float | None = typer.Option(
-        None, help="Share of train sessions carved out as valid [0.1]."
-    ),
-    test_days: float | None = typer.Option(
-        None, help="With --split time: test = sessions ending in the last N days."
-    ),
+    valid_fraction: float | None = typer.Option(None, help="Share of train sessions carved out as valid [0.1]."),
+    test_days: float | None = typer.Option(None, help="With --split time: test = sessions ending in the last N days."),
     augment: str | None = typer.Option(
         None, help="prefix or last, for every split, or per split: train=prefix,test=last [prefix]."
     ),
@@ -74,13 +68,9 @@ def prepare(
         help="Keep only the first N sessions in split order (after filtering), then split them.",
     ),
     seed: int | None = typer.Option(None, help="Seed for --split random [0]."),
-    on_bad_line: str | None = typer.Option(
-        None, help="error or skip (skip and count bad lines) [error]."
-    ),
+    on_bad_line: str | None = typer.Option(None, help="error or skip (skip and count bad lines) [error]."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the output is up to date."),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print one JSON object with the statistics."
-    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the statistics."),
 ) -> None:
     """Parse upstream files, build sessions, filter, split and write a prepared dataset."""
     from rich.console import Console

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -13,7 +13,9 @@ from intentrec.errors import IntentrecError
 
 EMBED_HELP = """Embed every item's title with a text encoder (catalogue embeddings).
 
-Writes DATASET_DIR/semantic/items.<encoder-id>.npy (float32, row c = item index c+1) and a .json with the encoder identity. Texts already encoded by the same encoder are taken from the cache in $INTENTREC_HOME/embeddings, so re-running is cheap.
+Writes DATASET_DIR/semantic/items.<encoder-id>.npy (float32, row c = item index c+1) and a .json
+with the encoder identity. Texts already encoded by the same encoder are taken from the cache in
+$INTENTREC_HOME/embeddings, so re-running is cheap.
 
 [bold]Examples[/bold]
 
@@ -24,7 +26,10 @@ Writes DATASET_DIR/semantic/items.<encoder-id>.npy (float32, row c = item index 
 
 INTENTS_HELP = """Turn the stored LLM answers of a dataset's examples into intent vectors.
 
-Each answer is parsed with the prompt template, embedded, and localized onto the catalogue: the k most similar items weighted by their similarity (k = 0 keeps the raw answer embedding). Run 'intentrec infer' first; examples without an answer get a zero vector and are listed in the coverage report.
+Each answer is parsed with the prompt template, embedded, and localized onto the catalogue: the k
+most similar items weighted by their similarity (k = 0 keeps the raw answer embedding). Run
+'intentrec infer' first; examples without an answer get a zero vector and are listed in the coverage
+report.
 
 [bold]Examples[/bold]
 
@@ -34,20 +39,20 @@ Each answer is parsed with the prompt template, embedded, and localized onto the
 """
 
 
-class SplitChoice(str, Enum):
+class SplitChoice(StrEnum):
     train = "train"
     valid = "valid"
     test = "test"
     all = "all"
 
 
-class SearchChoice(str, Enum):
+class SearchChoice(StrEnum):
     auto = "auto"
     exact = "exact"
     faiss = "faiss"
 
 
-class PoolingChoice(str, Enum):
+class PoolingChoice(StrEnum):
     mean = "mean"
     cls = "cls"
 
@@ -198,8 +203,10 @@ def cache_stats(
     if as_json:
         _echo_json(stats)
         return
-    typer.echo(f"{stats['path']}: {stats['answers']} answers, {stats['distinct_prompts']} distinct prompts, "
-               f"{stats['example_links']} example links")
+    typer.echo(
+        f"{stats['path']}: {stats['answers']} answers, {stats['distinct_prompts']} distinct prompts, "
+        f"{stats['example_links']} example links"
+    )
     for g in stats["by_model_template"]:
         typer.echo(
             f"  {g['model']} [{g['backend']}, {g['model_sha256'][:12]}] {g['template']}@{g['template_version']}: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from intentrec.config import deep_merge, load_config_file, parse_overrides
-from intentrec.errors import ConfigError, IntentrecError
+from intentrec.errors import ConfigError
 
 TRAIN_HELP = """Train a backbone (optionally wrapped by an LLM method) on a prepared dataset into a run folder.
 
@@ -64,12 +64,12 @@ PAPER_BANNER = (
 )
 
 
-class SelectOn(str, Enum):
+class SelectOn(StrEnum):
     valid = "valid"
     test = "test"
 
 
-class Split(str, Enum):
+class Split(StrEnum):
     valid = "valid"
     test = "test"
 
@@ -177,9 +177,8 @@ def train_command(
     )
     metrics = result.metrics
     columns = {"test": result.test} if result.paper_mode else {"valid": result.valid, "test": result.test}
-    caption = (
-        f"{metrics['selection']}; best epoch {result.best_epoch} of {result.epochs_run}"
-        + (" (stopped early)" if result.stopped_early else "")
+    caption = f"{metrics['selection']}; best epoch {result.best_epoch} of {result.epochs_run}" + (
+        " (stopped early)" if result.stopped_early else ""
     )
     name = f"{method}({model})" if method else model
     console.print(metrics_table(f"{name} → {out}", columns))

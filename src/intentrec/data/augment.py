@@ -36,9 +36,7 @@ def make_examples(values: np.ndarray, offsets: np.ndarray, mode: AugmentMode) ->
         per_session = np.clip(lengths - 1, 0, None)
         session = np.repeat(np.arange(n_sessions, dtype=np.int64), per_session)
         first_example = (np.cumsum(per_session) - per_session).astype(np.int64)
-        prefix_len = (
-            np.arange(len(session), dtype=np.int64) - np.repeat(first_example, per_session) + 1
-        )
+        prefix_len = np.arange(len(session), dtype=np.int64) - np.repeat(first_example, per_session) + 1
     elif mode == "last":
         session = np.flatnonzero(lengths >= 2).astype(np.int64)
         prefix_len = lengths[session] - 1
@@ -47,8 +45,6 @@ def make_examples(values: np.ndarray, offsets: np.ndarray, mode: AugmentMode) ->
     starts = offsets[:-1][session]
     targets = values[starts + prefix_len]
     prefix_offsets = np.concatenate([[0], np.cumsum(prefix_len)]).astype(np.int64)
-    within = np.arange(prefix_offsets[-1], dtype=np.int64) - np.repeat(
-        prefix_offsets[:-1], prefix_len
-    )
+    within = np.arange(prefix_offsets[-1], dtype=np.int64) - np.repeat(prefix_offsets[:-1], prefix_len)
     prefix_values = values[np.repeat(starts, prefix_len) + within]
     return Examples(prefix_values, prefix_offsets, targets, session)

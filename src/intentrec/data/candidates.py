@@ -119,5 +119,7 @@ def read_candidates(path: str | Path, example_ids: np.ndarray, *, top: int | Non
     rows = order[pos]
     if np.any(lengths[rows] < width):
         short = wanted[lengths[rows] < width]
-        raise DataError(f"field 'candidates': fewer than {width} candidates for example ids {short[:5].tolist()}", path=path)
+        raise DataError(
+            f"field 'candidates': fewer than {width} candidates for example ids {short[:5].tolist()}", path=path
+        )
     return values[offsets[rows][:, None] + np.arange(width)[None, :]]

@@ -44,9 +44,7 @@ class ExampleSet:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         starts = self.offsets[rows]
         idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-        return ExampleSet(
-            self.split, self.example_ids[rows], self.values[idx], offsets, self.targets[rows]
-        )
+        return ExampleSet(self.split, self.example_ids[rows], self.values[idx], offsets, self.targets[rows])
 
     def batches(
         self,
@@ -62,9 +60,7 @@ class ExampleSet:
             order = np.random.default_rng(seed).permutation(len(self))
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            yield pad_csr(
-                self.values, self.offsets, rows, self.example_ids, self.targets, max_length
-            )
+            yield pad_csr(self.values, self.offsets, rows, self.example_ids, self.targets, max_length)
 
     def num_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size

@@ -252,9 +252,7 @@ def _stream(
         fh.flush()
         os.fsync(fh.fileno())
     if total is not None and received < total:
-        raise DataError(
-            f"download of {url} was cut short: {received:,} of {total:,} bytes arrived{_kept(part)}"
-        )
+        raise DataError(f"download of {url} was cut short: {received:,} of {total:,} bytes arrived{_kept(part)}")
     if total is not None and received > total:
         part.unlink(missing_ok=True)
         raise DataError(
@@ -263,9 +261,7 @@ def _stream(
         )
 
 
-def extract_zip(
-    archive: Path, dest: Path, *, log: Callable[[str], None] | None = None
-) -> list[Path]:
+def extract_zip(archive: Path, dest: Path, *, log: Callable[[str], None] | None = None) -> list[Path]:
     """Extract ``archive`` into ``dest`` (its single top-level folder stripped); the entries placed.
 
     Everything is extracted into a temporary folder inside ``dest`` first, then each top-level entry is
@@ -276,9 +272,7 @@ def extract_zip(
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(
-            f"not a readable zip archive ({exc}); delete it to download it again", path=archive
-        ) from None
+        raise DataError(f"not a readable zip archive ({exc}); delete it to download it again", path=archive) from None
     with zf:
         members = [m for m in zf.infolist() if not m.filename.startswith("__MACOSX/")]
         for member in members:
@@ -297,9 +291,7 @@ def extract_zip(
             return dest.joinpath(*rel.parts)
 
         files = [m for m in members if not m.is_dir()]
-        if files and all(
-            placed(m).is_file() and placed(m).stat().st_size == m.file_size for m in files
-        ):
+        if files and all(placed(m).is_file() and placed(m).stat().st_size == m.file_size for m in files):
             log(f"{archive.name}: already extracted into {dest}")
             return []
         tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".extract", dir=dest))

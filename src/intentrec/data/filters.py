@@ -49,9 +49,7 @@ def filter_sessions(
     while runs < limit:
         runs += 1
         shape = (len(sessions), sessions.num_interactions)
-        sessions = _one_pass(
-            sessions, min_item_support, min_session_length, rare_items, drop_short_sessions_first
-        )
+        sessions = _one_pass(sessions, min_item_support, min_session_length, rare_items, drop_short_sessions_first)
         if (len(sessions), sessions.num_interactions) == shape:
             break
     report = FilterReport(runs, before[0], len(sessions), before[1], sessions.num_interactions)

@@ -40,9 +40,7 @@ def column(table: pa.Table, name: str, path: Path) -> np.ndarray:
     return np.asarray(table.column(name).to_numpy(zero_copy_only=False))
 
 
-def write_fold_dataset(
-    source: PreparedDataset, target: Path, held_out: np.ndarray, info: dict[str, Any]
-) -> Path:
+def write_fold_dataset(source: PreparedDataset, target: Path, held_out: np.ndarray, info: dict[str, Any]) -> Path:
     """A copy of ``source`` without the train sessions ``held_out`` (and their examples).
 
     Session indices and example ids keep their values, item indices are unchanged, ``train_count`` is
@@ -68,7 +66,11 @@ def write_fold_dataset(
     item_index = column(items, "item_index", source.path / schema.ITEMS).astype(np.int64)
     position = items.column_names.index("train_count") if "train_count" in items.column_names else None
     train_count = pa.array(counts[item_index - 1], pa.int64())
-    items = items.set_column(position, "train_count", train_count) if position is not None else items.append_column("train_count", train_count)
+    items = (
+        items.set_column(position, "train_count", train_count)
+        if position is not None
+        else items.append_column("train_count", train_count)
+    )
 
     manifest = json.loads(json.dumps(source.manifest))
     manifest["derived_from"] = info

@@ -63,9 +63,7 @@ class PrepareConfig(Config):
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_days: float | None = Field(None, gt=0)
-    augment: dict[str, AugmentMode] = Field(
-        default_factory=lambda: dict.fromkeys(schema.SPLITS, "prefix")
-    )
+    augment: dict[str, AugmentMode] = Field(default_factory=lambda: dict.fromkeys(schema.SPLITS, "prefix"))
     max_sessions: int | None = Field(None, ge=1)
     seed: int = 0
     on_bad_line: BadLinePolicy = "error"
@@ -87,14 +85,10 @@ class PrepareConfig(Config):
         if isinstance(value, dict):
             unknown = set(value) - set(schema.SPLITS)
             if unknown:
-                raise ValueError(
-                    f"unknown split(s) {sorted(unknown)} (known: {', '.join(schema.SPLITS)})"
-                )
+                raise ValueError(f"unknown split(s) {sorted(unknown)} (known: {', '.join(schema.SPLITS)})")
             missing = {"train", "test"} - set(value)
             if missing:
-                raise ValueError(
-                    f"per-split augment must name train and test (missing {sorted(missing)})"
-                )
+                raise ValueError(f"per-split augment must name train and test (missing {sorted(missing)})")
             return {
                 "train": value["train"],
                 "valid": value.get("valid", value["test"]),
@@ -124,9 +118,7 @@ def resolve_config(source: str, protocol: str | None, params: dict[str, Any]) ->
     if protocol:
         preset = get_preset(protocol)
         if preset.source != source:
-            raise ConfigError(
-                f"protocol '{protocol}' is defined for SOURCE '{preset.source}', not '{source}'"
-            )
+            raise ConfigError(f"protocol '{protocol}' is defined for SOURCE '{preset.source}', not '{source}'")
         values.update(preset.params)
         if "test_days" in preset.params and params.get("test_fraction") is not None:
             values.pop("test_days")  # an explicit --test-fraction replaces the preset's day cut
@@ -163,9 +155,7 @@ def run_prepare(
     log = log or (lambda message: None)
     out = Path(out)
     config = resolve_config(source, protocol, params)
-    parameters = json.loads(
-        json.dumps({"source": source, "protocol": protocol, **config.model_dump()})
-    )
+    parameters = json.loads(json.dumps({"source": source, "protocol": protocol, **config.model_dump()}))
     inputs = [
         {"path": str(p.resolve()), "sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in locate_inputs(source, path)
@@ -196,9 +186,7 @@ def run_prepare(
     return PrepareOutcome(PreparedDataset(out), False, statistics)
 
 
-def build_tables(
-    raw: RawInteractions, config: PrepareConfig
-) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+def build_tables(raw: RawInteractions, config: PrepareConfig) -> tuple[dict[str, pa.Table], dict[str, Any]]:
     """The three Parquet tables and the statistics, in memory."""
     sessions = build_sessions(
         raw,
@@ -280,9 +268,7 @@ def build_tables(
     }, statistics
 
 
-def _index_items(
-    sessions: Sessions, kept_in_build_order: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _index_items(sessions: Sessions, kept_in_build_order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Item index (1..n) per item code, numbered by first appearance in build order; and the ids."""
     values = sessions.reorder(kept_in_build_order).values
     codes_in_order = pd.unique(values)
@@ -321,12 +307,8 @@ def _examples_table(
     table = pa.table(
         {
             "example_id": pa.array(np.arange(total, dtype=np.int64)),
-            "split": pa.array(
-                np.repeat([s for s, _, _ in parts], [len(ex) for _, ex, _ in parts]).astype(str)
-            ),
-            "session_index": pa.array(
-                np.concatenate([ex.session + first for _, ex, first in parts]).astype(np.int64)
-            ),
+            "split": pa.array(np.repeat([s for s, _, _ in parts], [len(ex) for _, ex, _ in parts]).astype(str)),
+            "session_index": pa.array(np.concatenate([ex.session + first for _, ex, first in parts]).astype(np.int64)),
             "prefix": _list_array(prefix_values, prefix_offsets),
             "target": pa.array(np.concatenate([ex.targets for _, ex, _ in parts]).astype(np.int32)),
         }
@@ -340,11 +322,7 @@ def _items_table(
     ids = pd.Index(np.asarray(item_ids, dtype=object).astype(str))
     known = raw_items.assign(item_id=raw_items["item_id"].astype(str)).set_index("item_id")
     known = known.loc[~known.index.duplicated(keep="first")]
-    titles = (
-        clean_text(known["title"].reindex(ids))
-        if "title" in known
-        else pd.Series([None] * len(ids))
-    )
+    titles = clean_text(known["title"].reindex(ids)) if "title" in known else pd.Series([None] * len(ids))
     columns: dict[str, pa.Array] = {
         "item_index": pa.array(np.arange(1, len(ids) + 1, dtype=np.int32)),
         "item_id": pa.array(ids.to_numpy(dtype=object), type=pa.string()),
@@ -354,9 +332,7 @@ def _items_table(
     for extra in [c for c in known.columns if c != "title"]:
         text = known[extra].astype(object).where(known[extra].notna(), None)
         text = text.map(lambda v: v if v is None or isinstance(v, str) else str(v))
-        columns[extra] = pa.array(
-            clean_text(text.reindex(ids)).to_numpy(dtype=object), type=pa.string()
-        )
+        columns[extra] = pa.array(clean_text(text.reindex(ids)).to_numpy(dtype=object), type=pa.string())
     has_title = titles.notna().to_numpy()
     stats = {
         "items_with_title": int(has_title.sum()),
@@ -367,9 +343,7 @@ def _items_table(
 
 
 def _list_array(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
-    return pa.ListArray.from_arrays(
-        pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32))
-    )
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32)))
 
 
 def _is_up_to_date(out: Path, parameters: dict[str, Any], inputs: list[dict[str, Any]]) -> bool:

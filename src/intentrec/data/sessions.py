@@ -94,9 +94,7 @@ class Sessions:
         lengths = self.lengths[order]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         idx = np.repeat(self.offsets[:-1][order] - offsets[:-1], lengths) + np.arange(offsets[-1])
-        return Sessions(
-            self.values[idx], self.times[idx], offsets, self.session_ids[order], self.item_vocab
-        )
+        return Sessions(self.values[idx], self.times[idx], offsets, self.session_ids[order], self.item_vocab)
 
 
 def build_sessions(

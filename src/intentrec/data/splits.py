@@ -32,9 +32,7 @@ class SplitSizes:
     test: int
 
     def labels(self) -> np.ndarray:
-        return np.repeat(
-            np.array(["train", "valid", "test"], dtype=object), [self.train, self.valid, self.test]
-        )
+        return np.repeat(np.array(["train", "valid", "test"], dtype=object), [self.train, self.valid, self.test])
 
 
 def split_order(sessions: Sessions, method: SplitMethod, *, seed: int = 0) -> np.ndarray:
@@ -47,9 +45,7 @@ def split_order(sessions: Sessions, method: SplitMethod, *, seed: int = 0) -> np
     if method == "time":
         ends = sessions.end_times()
         if np.isnan(ends).any():
-            raise DataError(
-                "--split time needs interaction times, but this data has none; use --split order"
-            )
+            raise DataError("--split time needs interaction times, but this data has none; use --split order")
         return np.argsort(ends, kind="stable").astype(np.int64)
     raise ConfigError(f"unknown split method '{method}' (known: order, time, random)")
 

@@ -71,9 +71,7 @@ def evaluate_model(
     max_length: int | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    ranked = rank_examples(
-        model, examples, batch_size=batch_size, max_length=max_length, device=device
-    )
+    ranked = rank_examples(model, examples, batch_size=batch_size, max_length=max_length, device=device)
     return ranked.metrics(ks)
 
 

@@ -39,9 +39,7 @@ def metric_keys(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
     return [f"{name}@{k}" for name in METRIC_NAMES for k in ks]
 
 
-def metrics_from_ranks(
-    ranks: torch.Tensor | np.ndarray, ks: Sequence[int] = DEFAULT_KS
-) -> dict[str, float]:
+def metrics_from_ranks(ranks: torch.Tensor | np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """HR/MRR/NDCG at each ``k`` from 1-based ranks; keys like ``"MRR@20"``, values in [0, 1]."""
     r = ranks.detach().cpu().numpy() if isinstance(ranks, torch.Tensor) else np.asarray(ranks)
     r = r.astype(np.float64).reshape(-1)
@@ -63,8 +61,6 @@ def metrics_from_ranks(
     return out
 
 
-def ranking_metrics(
-    scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = DEFAULT_KS
-) -> dict[str, float]:
+def ranking_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """Metrics of a ``[N, num_items]`` score matrix against column-index ``targets`` ``[N]``."""
     return metrics_from_ranks(target_ranks(scores, targets), ks)

@@ -16,7 +16,9 @@ def read_run_summary(run_dir: str | Path) -> dict[str, Any]:
     if not config_path.is_file():
         raise IntentrecError(f"{run_dir}: not a run folder (no config.json)")
     if not metrics_path.is_file():
-        raise IntentrecError(f"{run_dir}: training has not finished (no metrics.json); resume it with 'intentrec train'")
+        raise IntentrecError(
+            f"{run_dir}: training has not finished (no metrics.json); resume it with 'intentrec train'"
+        )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))

@@ -71,8 +71,7 @@ def expand(spec: ExperimentSpec) -> list[RunSpec]:
     for i, grid in enumerate(spec.grids):
         block = normalize_settings(grid.settings, f"grids[{i}].settings")
         variants = {
-            name: normalize_settings(values, f"grids[{i}].variants.{name}")
-            for name, values in grid.variants.items()
+            name: normalize_settings(values, f"grids[{i}].variants.{name}") for name, values in grid.variants.items()
         }
         for dataset in grid.datasets or list(spec.datasets):
             for backbone in grid.backbones:
@@ -87,9 +86,7 @@ def expand(spec: ExperimentSpec) -> list[RunSpec]:
                             )
                         settings = merge_settings(top, block, values)
                         if "seed" in settings.get("train", {}):
-                            raise ConfigError(
-                                f"grids[{i}]: set seeds with 'seeds: [...]', not train.seed"
-                            )
+                            raise ConfigError(f"grids[{i}]: set seeds with 'seeds: [...]', not train.seed")
                         for seed in grid.seeds or spec.seeds:
                             run = _run(dataset, backbone, method, variant, seed, settings, len(runs))
                             where = f"grids[{i}] (variant '{variant}')"

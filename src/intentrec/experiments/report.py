@@ -150,11 +150,19 @@ def render_markdown(report: Report) -> str:
         lines += ["", "Runs recorded here were produced by:", ""]
         lines += [f"- `{c}`" for c in commands]
     reused = sorted(
-        {r["trained_by"] for r in report.records.values() if r.get("trained_by") and r["trained_by"] != r.get("command")}
+        {
+            r["trained_by"]
+            for r in report.records.values()
+            if r.get("trained_by") and r["trained_by"] != r.get("command")
+        }
     )
     if reused:
-        lines += ["", "Some run folders were trained earlier by another command with the same settings and "
-                  "picked up (not retrained) by the runner:", ""]
+        lines += [
+            "",
+            "Some run folders were trained earlier by another command with the same settings and "
+            "picked up (not retrained) by the runner:",
+            "",
+        ]
         lines += [f"- `{c}`" for c in reused]
     if machines:
         lines += ["", "Machine: " + "; ".join(machines) + "."]
@@ -248,8 +256,7 @@ def _mean_cell(values: list[Any], fmt: str) -> str:
 def _table_notes(rows: list[Row], top: tuple[str, str] | None) -> list[str]:
     notes = [
         "Test metrics in percent over all items (full ranking; ties count against the target): mean",
-        "± sample std over the `n` seeds (no ± with one seed). Unless marked "
-        f"{PAPER_MODE_LABEL}, the checkpoint is",
+        f"± sample std over the `n` seeds (no ± with one seed). Unless marked {PAPER_MODE_LABEL}, the checkpoint is",
         "selected on the **validation** split and evaluated once on test.",
     ]
     if top:
@@ -328,9 +335,7 @@ def _settings_lines(spec: ExperimentSpec) -> list[str]:
 
 def _fmt_settings(values: dict[str, Any]) -> str:
     flat = normalize_settings(values, "settings")
-    return ", ".join(
-        f"`{s}.{k}={json.dumps(v)}`" for s, fields in flat.items() for k, v in fields.items()
-    )
+    return ", ".join(f"`{s}.{k}={json.dumps(v)}`" for s, fields in flat.items() for k, v in fields.items())
 
 
 # --------------------------------------------------------------------------- csv and png

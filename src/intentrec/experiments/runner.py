@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from intentrec.data.identity import DatasetIdentity
-from intentrec.errors import DataError, InUseError, IntentrecError
+from intentrec.errors import DataError, IntentrecError, InUseError
 from intentrec.experiments.plan import (
     RunSpec,
     Status,
@@ -139,10 +139,7 @@ def describe(experiment: Experiment, options: RunOptions, echo: Echo = print) ->
         + (f" selected of {len(experiment.runs)}" if options.only else "")
         + f" — {counts['done']} done, {counts['todo']} to run, {counts['stale']} stale"
     )
-    echo(
-        f"  run folders: {spec.runs_dir}   records: {spec.records_dir}   "
-        f"results: {spec.results_dir}/{spec.name}.md"
-    )
+    echo(f"  run folders: {spec.runs_dir}   records: {spec.records_dir}   results: {spec.results_dir}/{spec.name}.md")
     for state in states:
         mark = {"done": "done ", "todo": "todo ", "stale": "STALE"}[state.status]
         extra = f"  (record has other settings: {'; '.join(state.problems)})" if state.problems else ""
@@ -172,9 +169,7 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
     spec = experiment.spec
     selected = select(experiment.runs, options.only)
     if options.only and not selected:
-        raise IntentrecError(
-            f"--only {' '.join(options.only)} matches none of the {len(experiment.runs)} run ids"
-        )
+        raise IntentrecError(f"--only {' '.join(options.only)} matches none of the {len(experiment.runs)} run ids")
     states = experiment.states(selected)
     stale = [s for s in states if s.status == "stale"]
     if stale:
@@ -256,9 +251,7 @@ def report_only(experiment: Experiment) -> tuple[Report, list[Path]]:
     return report, write_report(report)
 
 
-def _train(
-    run: RunSpec, spec: ExperimentSpec, dataset_dir: Path, options: RunOptions, command: str, echo: Echo
-) -> Any:
+def _train(run: RunSpec, spec: ExperimentSpec, dataset_dir: Path, options: RunOptions, command: str, echo: Echo) -> Any:
     from intentrec import training
 
     train_values = dict(run.settings["train"])
@@ -273,8 +266,13 @@ def _train(
         from intentrec.training.candidates import build_declared_candidates
 
         built = build_declared_candidates(
-            dataset_dir, run.backbone, run.settings["model"], run.method, extra["method_config"],
-            threads=options.threads, progress=options.progress,
+            dataset_dir,
+            run.backbone,
+            run.settings["model"],
+            run.method,
+            extra["method_config"],
+            threads=options.threads,
+            progress=options.progress,
         )
         if built is not None and not built.reused:
             echo(f"    candidates: wrote {built.path}")

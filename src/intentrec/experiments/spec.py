@@ -71,8 +71,7 @@ def normalize_settings(values: dict[str, Any] | None, where: str) -> Settings:
         section, dot, field = key.partition(".")
         if section not in SECTIONS:
             raise ConfigError(
-                f"{where}: setting '{key}' needs a section prefix: "
-                + ", ".join(f"'{s}.{key}'" for s in SECTIONS)
+                f"{where}: setting '{key}' needs a section prefix: " + ", ".join(f"'{s}.{key}'" for s in SECTIONS)
             )
         if dot:
             if not field:
@@ -81,9 +80,7 @@ def normalize_settings(values: dict[str, Any] | None, where: str) -> Settings:
         elif isinstance(value, dict):
             out.setdefault(section, {}).update({str(k): v for k, v in value.items()})
         else:
-            raise ConfigError(
-                f"{where}: '{key}' must be a section of field: value pairs, got {value!r}"
-            )
+            raise ConfigError(f"{where}: '{key}' must be a section of field: value pairs, got {value!r}")
     return out
 
 
@@ -110,9 +107,7 @@ class PrepareSpec(Config):
 class DatasetSpec(Config):
     """A prepared dataset folder, optionally prepared (or reused if up to date) before training."""
 
-    path: str | None = Field(
-        None, description="the prepared folder; default with 'prepare': <runs_dir>/data/<name>"
-    )
+    path: str | None = Field(None, description="the prepared folder; default with 'prepare': <runs_dir>/data/<name>")
     prepare: PrepareSpec | None = None
 
     @model_validator(mode="after")
@@ -127,9 +122,7 @@ class GridSpec(Config):
 
     backbones: list[str] = Field(min_length=1)
     methods: list[str] = Field(default_factory=lambda: [NO_METHOD], min_length=1)
-    variants: dict[str, dict[str, Any] | None] = Field(
-        default_factory=lambda: {DEFAULT_VARIANT: {}}, min_length=1
-    )
+    variants: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: {DEFAULT_VARIANT: {}}, min_length=1)
     datasets: list[str] | None = Field(None, description="default: every dataset")
     seeds: list[int] | None = Field(None, description="default: the top-level seeds")
     settings: dict[str, Any] = Field(default_factory=dict)

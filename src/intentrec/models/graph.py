@@ -115,9 +115,7 @@ class SessionGraph:
         rows = torch.cat([source, target])
         cols = torch.cat([target, source])
         relation = torch.cat([torch.full_like(source, EDGE_OUT), torch.full_like(target, EDGE_IN)])
-        keys, inverse, counts = torch.unique(
-            rows * total + cols, return_inverse=True, return_counts=True
-        )
+        keys, inverse, counts = torch.unique(rows * total + cols, return_inverse=True, return_counts=True)
         # A pair listed twice was seen in both directions.
         kind = torch.zeros_like(keys).scatter_(0, inverse, relation)
         kind = torch.where(counts > 1, torch.full_like(kind, EDGE_IN_OUT), kind)
@@ -154,9 +152,7 @@ class SessionGraph:
     @cached_property
     def adjacency(self) -> torch.Tensor:
         """float [B, U, U]: 1.0 where the distinct edge ``i -> j`` exists."""
-        dense = torch.zeros(
-            self.batch_size, self.max_nodes, self.max_nodes, device=self.node_items.device
-        )
+        dense = torch.zeros(self.batch_size, self.max_nodes, self.max_nodes, device=self.node_items.device)
         session = self.node_session[self.edge_source]
         index = (session, self.node_slot[self.edge_source], self.node_slot[self.edge_target])
         return dense.index_put(index, torch.ones_like(self.edge_source, dtype=dense.dtype))

@@ -136,9 +136,7 @@ def gather_last(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return values.gather(1, index).squeeze(1)
 
 
-def keep_most_recent(
-    items: torch.Tensor, lengths: torch.Tensor, max_length: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def keep_most_recent(items: torch.Tensor, lengths: torch.Tensor, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep each right-padded session's ``max_length`` most recent items (still right-padded)."""
     if items.shape[1] <= max_length:
         return items, lengths
@@ -190,9 +188,7 @@ class AdditiveAttention(nn.Module):
         packing = PackedTokens(mask)
         return packing.unpack(self.packed(packing.pack(keys), queries, packing.rows))
 
-    def packed(
-        self, keys: torch.Tensor, queries: Sequence[torch.Tensor], rows: torch.Tensor
-    ) -> torch.Tensor:
+    def packed(self, keys: torch.Tensor, queries: Sequence[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
         """Scores ``[T]`` for packed keys ``[T, d]``; ``rows`` ``[T]`` names each key's session."""
         if len(queries) != len(self.query_projs):
             raise ValueError(f"expected {len(self.query_projs)} queries, got {len(queries)}")

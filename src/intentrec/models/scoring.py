@@ -47,9 +47,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_session, grad_table, None
 
 
-def linear_cross_entropy(
-    session: torch.Tensor, table: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
+def linear_cross_entropy(session: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of scores ``session @ table.T`` ``[B, n]`` against column ``targets`` ``[B]``."""
     if targets.numel() == 0:
         raise ValueError("linear_cross_entropy needs at least one example")

@@ -108,7 +108,9 @@ class EmbeddingCache:
         first_text = {h: t for t, h in zip(texts, hashes) if h in todo_set}
         for start in range(0, len(todo), commit_every):
             chunk = todo[start : start + commit_every]
-            vectors = self.encoder.encode([first_text[h] for h in chunk], normalize=self.normalize, batch_size=batch_size)
+            vectors = self.encoder.encode(
+                [first_text[h] for h in chunk], normalize=self.normalize, batch_size=batch_size
+            )
             self._store(chunk, vectors)
             found.update(zip(chunk, np.asarray(vectors, dtype=np.float32)))
         if texts:

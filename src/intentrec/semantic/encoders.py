@@ -168,7 +168,11 @@ class SentenceTransformersEncoder(TextEncoder):
                 cfg_path = self.folder / module.get("path", "") / "config.json"
                 if cfg_path.is_file():
                     cfg = json.loads(cfg_path.read_text())
-                    modes = [k.removeprefix("pooling_mode_").removesuffix("_tokens") for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
+                    modes = [
+                        k.removeprefix("pooling_mode_").removesuffix("_tokens")
+                        for k, v in cfg.items()
+                        if k.startswith("pooling_mode_") and v
+                    ]
                     return "+".join(modes) or "unknown"
         return "unknown"
 

@@ -143,7 +143,9 @@ def _few_shot_examples(ds: PreparedDataset, template: PromptTemplate, item_text)
     k = min(template.options.max_examples, len(eligible))
     rows = np.sort(np.random.default_rng(FEW_SHOT_SEED).choice(eligible, size=k, replace=False))
     return [
-        FewShotExample(session=[item_text(int(i)) for i in train.prefix(int(r))], target=item_text(int(train.targets[r])))
+        FewShotExample(
+            session=[item_text(int(i)) for i in train.prefix(int(r))], target=item_text(int(train.targets[r]))
+        )
         for r in rows
     ]
 
@@ -185,7 +187,9 @@ def plan_prompts(
                 raise DataError(f"no candidates for example {eid}", path="--candidates")
             bad = cand[(cand < 1) | (cand > n_items)]
             if len(bad):
-                raise DataError(f"example {eid}: candidate item index {int(bad[0])} is not in 1..{n_items}", path="--candidates")
+                raise DataError(
+                    f"example {eid}: candidate item index {int(bad[0])} is not in 1..{n_items}", path="--candidates"
+                )
             ctx_candidates = [item_text(int(c)) for c in cand]
         session = [texts_by_column[i - 1] for i in prefix.tolist()]
         msgs = template.build(PromptContext(session=session, candidates=ctx_candidates, examples=few_shot))
@@ -259,9 +263,11 @@ def run_inference(
         by_key: dict[str, list[int]] = {}
         for eid, key in zip(plan.example_ids.tolist(), plan.keys):
             by_key.setdefault(key, []).append(eid)
-        link = lambda keys: store.link_examples(
-            fingerprint, tmpl.name, identity["model_sha256"], [(e, k) for k in keys for e in by_key[k]]
-        )
+
+        def link(keys: list[str]) -> None:
+            pairs = [(e, k) for k in keys for e in by_key[k]]
+            store.link_examples(fingerprint, tmpl.name, identity["model_sha256"], pairs)
+
         link([k for k in unique if k not in missing_set])
         generated = prompt_tokens = completion_tokens = 0
         if missing and not dry_run:
@@ -275,7 +281,9 @@ def run_inference(
                 if backend is not llm:
                     backend.close()
         seconds = time.perf_counter() - started
-        answers = store.answers_for_examples(fingerprint, tmpl.name, identity["model_sha256"], plan.example_ids.tolist())
+        answers = store.answers_for_examples(
+            fingerprint, tmpl.name, identity["model_sha256"], plan.example_ids.tolist()
+        )
         status_counts: dict[str, int] = {}
         echoes = 0
         titles_by_eid = dict(zip(plan.example_ids.tolist(), plan.session_titles))

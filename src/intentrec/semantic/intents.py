@@ -189,9 +189,7 @@ def compute_intents(
     fingerprint = dataset_fingerprint(dataset_dir)
     model_sha = llm_identity["model_sha256"]
     example_ids, example_splits = _example_ids_and_splits(dataset, split)
-    catalogue = embed_catalogue(
-        dataset_dir, encoder, normalize=normalize, batch_size=batch_size, cache_root=cache_root
-    )
+    catalogue = embed_catalogue(dataset_dir, encoder, normalize=normalize, batch_size=batch_size, cache_root=cache_root)
 
     links = store.linked_keys(fingerprint, template, model_sha, example_ids.tolist())
     records = store.get_many(list(links.values()))
@@ -266,19 +264,26 @@ def compute_intents(
         "search": method,
         "catalogue": str(catalogue.path.name),
     }
-    path = Path(out) if out is not None else intents_path(
-        dataset_dir, template, model_sha, encoder.identity_key(), k, split
+    path = (
+        Path(out)
+        if out is not None
+        else intents_path(dataset_dir, template, model_sha, encoder.identity_key(), k, split)
     )
     write_safetensors(path, tensors, metadata)
     report_path = path.with_name(path.name + ".json")
-    write_json(report_path, {"file": path.name, **metadata, "coverage": {**asdict(coverage), "fraction": coverage.fraction}})
+    write_json(
+        report_path, {"file": path.name, **metadata, "coverage": {**asdict(coverage), "fraction": coverage.fraction}}
+    )
     return IntentResult(path, report_path, example_ids, vectors, has_intent.astype(bool), coverage, metadata)
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
     from safetensors.numpy import save_file
 
-    meta = {key: json.dumps(value, sort_keys=True) if not isinstance(value, str) else value for key, value in metadata.items()}
+    meta = {
+        key: json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+        for key, value in metadata.items()
+    }
     with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
 

@@ -77,9 +77,7 @@ _REFUSAL = re.compile(
     r"^(?:i'?m sorry|sorry|i (?:cannot|can't|can not|am unable|don't know|do not know)|as an ai|unfortunately)\b",
     re.I,
 )
-_ANSWER_MARKER = re.compile(
-    r"(?:final answer|answer|next item|title|recommendation|prediction)\s*[:\-–]\s*", re.I
-)
+_ANSWER_MARKER = re.compile(r"(?:final answer|answer|next item|title|recommendation|prediction)\s*[:\-–]\s*", re.I)
 
 
 def normalise_text(text: object) -> str:
@@ -239,8 +237,10 @@ def parse_rationale_then_answer(answer: object) -> ParsedAnswer:
             return ParsedAnswer([found], "ok", raw)
         return ParsedAnswer([], "garbage" if text.strip() else "empty", raw)
     lines = _lines(text)
-    if lines and len(lines[-1].split()) <= MAX_UNMARKED_WORDS and not lines[-1].lower().startswith(
-        ("reasoning", "rationale")
+    if (
+        lines
+        and len(lines[-1].split()) <= MAX_UNMARKED_WORDS
+        and not lines[-1].lower().startswith(("reasoning", "rationale"))
     ):
         found = _first_answer_line(lines[-1:])
         if found:

@@ -89,8 +89,7 @@ def render_item(item: ItemText, *, max_words: int, max_chars: int) -> str:
 
 def render_list(items: list[ItemText], *, max_words: int, max_chars: int) -> str:
     return "\n".join(
-        f"{n}. {render_item(item, max_words=max_words, max_chars=max_chars)}"
-        for n, item in enumerate(items, 1)
+        f"{n}. {render_item(item, max_words=max_words, max_chars=max_chars)}" for n, item in enumerate(items, 1)
     )
 
 
@@ -221,9 +220,7 @@ class _NextTitle(PromptTemplate):
     def _example_block(self, example: FewShotExample, n: int) -> str:
         o = self.options
         session = _render_inline_session(example.session[-o.max_session_items :], o)
-        target = truncate_title(
-            example.target.title or example.target.item_id, o.max_title_words, o.max_title_chars
-        )
+        target = truncate_title(example.target.title or example.target.item_id, o.max_title_words, o.max_title_chars)
         lines = [f"Example {n}.", f"Session:\n{session}"]
         if self.with_rationale and example.rationale:
             lines.append(f"Reasoning: {' '.join(example.rationale.split())}")

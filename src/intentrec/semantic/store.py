@@ -60,9 +60,7 @@ def canonical_json(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def answer_key(
-    backend: str, model_sha256: str, decoding: dict, template_version: str, prompt_text: str
-) -> str:
+def answer_key(backend: str, model_sha256: str, decoding: dict, template_version: str, prompt_text: str) -> str:
     """sha256 hex of the canonical JSON of everything that determines an answer."""
     payload = canonical_json(
         {
@@ -126,9 +124,7 @@ class AnswerStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
-            )
+            self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
@@ -276,7 +272,9 @@ class AnswerStore:
             ]
         )
         columns = list(zip(*rows)) if rows else [[] for _ in _COLUMNS]
-        table = pa.table({c: pa.array(list(col), type=schema.field(c).type) for c, col in zip(_COLUMNS, columns)}, schema=schema)
+        table = pa.table(
+            {c: pa.array(list(col), type=schema.field(c).type) for c, col in zip(_COLUMNS, columns)}, schema=schema
+        )
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
         return len(rows)

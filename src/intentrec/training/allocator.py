@@ -38,9 +38,7 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-def keep_freed_memory(
-    mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD
-) -> bool:
+def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Set glibc's mmap and trim thresholds for this process; True when both were accepted."""
     global _applied
     libc = _glibc()

@@ -128,8 +128,14 @@ def require_candidates(dataset_dir: str | Path, spec: CandidateSpec) -> None:
             path=path,
         )
     expected = _file_settings(
-        dataset_fingerprint(dataset_dir), spec.model, spec.model_config, spec.trainer_config,
-        spec.folds, spec.top, spec.seed, spec.leaky,
+        dataset_fingerprint(dataset_dir),
+        spec.model,
+        spec.model_config,
+        spec.trainer_config,
+        spec.folds,
+        spec.top,
+        spec.seed,
+        spec.leaky,
     )
     stored = read_provenance(path).get("settings")
     if stored != expected:
@@ -207,10 +213,15 @@ def cross_fit_candidates(
         # Runs are keyed by what changes what they compute: dataset, backbone and its config, trainer
         # settings except the epoch budget (a finished run can extend it; the trainer resumes). The run
         # on all train examples is shared by every fold count, seed, list length and the leaky mode.
-        run_key = _settings_key({
-            "format": FORMAT, "dataset_fingerprint": fingerprint, "model": model,
-            "model_config": settings["model_config"], "trainer": trainer_cfg.resume_key(),
-        })
+        run_key = _settings_key(
+            {
+                "format": FORMAT,
+                "dataset_fingerprint": fingerprint,
+                "model": model,
+                "model_config": settings["model_config"],
+                "trainer": trainer_cfg.resume_key(),
+            }
+        )
         root = Path(work_dir) if work_dir is not None else default_work_dir(dataset, fingerprint)
         work = root / f"{model}.{run_key}"
         fold_work = work / f"folds{folds}.seed{seed}"
@@ -229,9 +240,13 @@ def cross_fit_candidates(
         ex_split = column(examples_table, "split", dataset_dir / schema.EXAMPLES)
         ex_session = column(examples_table, "session_index", dataset_dir / schema.EXAMPLES).astype(np.int64)
 
-        fold_of_session = assign_folds(train_sessions, folds, seed) if not leaky else np.zeros(len(train_sessions), np.int64)
+        fold_of_session = (
+            assign_folds(train_sessions, folds, seed) if not leaky else np.zeros(len(train_sessions), np.int64)
+        )
         train = dataset.examples("train")
-        if not np.array_equal(train.example_ids, ex_ids[ex_split == "train"]):  # pragma: no cover - same file, same order
+        if not np.array_equal(
+            train.example_ids, ex_ids[ex_split == "train"]
+        ):  # pragma: no cover - same file, same order
             raise DataError("train examples are not in file order", path=dataset_dir / schema.EXAMPLES)
         train_session = ex_session[ex_split == "train"]
         pos = np.clip(np.searchsorted(train_sessions, train_session), 0, max(len(train_sessions) - 1, 0))
@@ -251,20 +266,31 @@ def cross_fit_candidates(
         runs: dict[str, dict[str, Any]] = {}
         fold_info: dict[str, dict[str, Any]] = {}
 
-        def fit_and_score(run_id: str, data_dir: Path, to_score: list[ExampleSet], fold: int, trained_on: np.ndarray) -> None:
+        def fit_and_score(
+            run_id: str, data_dir: Path, to_score: list[ExampleSet], fold: int, trained_on: np.ndarray
+        ) -> None:
             run_started = time.perf_counter()
             _say(progress, f"{run_id}: training {model} on {data_dir}")
             run_dir = (fold_work if fold != ALL_FOLD else work) / run_id
             result = train_run(
-                data_dir, model, model_cfg, trainer_cfg, out=run_dir, progress=progress,
+                data_dir,
+                model,
+                model_cfg,
+                trainer_cfg,
+                out=run_dir,
+                progress=progress,
                 command=f"cross_fit_candidates({dataset_dir}, model={model}, folds={folds}, run={run_id})",
             )
             trained = load_run(run_dir, device=device)
             scored: dict[str, int] = {}
             for examples in to_score:
                 cands = top_items(
-                    trained.model, examples, top, batch_size=trainer_cfg.eval_batch_size,
-                    max_length=trainer_cfg.max_length, device=trained.device,
+                    trained.model,
+                    examples,
+                    top,
+                    batch_size=trainer_cfg.eval_batch_size,
+                    max_length=trainer_cfg.max_length,
+                    device=trained.device,
                 )
                 ids_parts.append(examples.example_ids.astype(np.int64))
                 cand_parts.append(cands)
@@ -329,7 +355,9 @@ def cross_fit_candidates(
         table = pa.table(
             {
                 "example_id": pa.array(ids, pa.int64()),
-                "candidates": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(cands.reshape(-1), pa.int32())),
+                "candidates": pa.ListArray.from_arrays(
+                    pa.array(offsets, pa.int32()), pa.array(cands.reshape(-1), pa.int32())
+                ),
                 "fold": pa.array(np.concatenate(fold_parts)[order], pa.int32()),
                 "scored_by": pa.array(np.concatenate(run_parts)[order].tolist(), pa.string()),
             }
@@ -374,9 +402,16 @@ def build_candidates(
     if threads is not None:
         trainer["num_threads"] = threads  # does not change what the runs compute
     return cross_fit_candidates(
-        dataset_dir, model=spec.model, folds=spec.folds, top=spec.top, seed=spec.seed,
-        model_config=spec.model_config, trainer_config=trainer, work_dir=spec.work_dir,
-        leaky=spec.leaky, progress=progress,
+        dataset_dir,
+        model=spec.model,
+        folds=spec.folds,
+        top=spec.top,
+        seed=spec.seed,
+        model_config=spec.model_config,
+        trainer_config=trainer,
+        work_dir=spec.work_dir,
+        leaky=spec.leaky,
+        progress=progress,
     )
 
 

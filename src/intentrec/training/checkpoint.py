@@ -21,10 +21,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from intentrec.models.base import SessionModel
-
 from intentrec.errors import DataError
 from intentrec.io import atomic_path
+from intentrec.models.base import SessionModel
 
 _STATE_KEY = "intentrec_state"
 _FROZEN_KEY = "frozen_pretrained"
@@ -117,9 +116,7 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) ->
     keys = tensors["rng/numpy_keys"].numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, np_meta["pos"], np_meta["has_gauss"], np_meta["gauss"]))
     py_meta = meta["python"]
-    random.setstate(
-        (py_meta["version"], tuple(int(x) for x in tensors["rng/python"].tolist()), py_meta["gauss_next"])
-    )
+    random.setstate((py_meta["version"], tuple(int(x) for x in tensors["rng/python"].tolist()), py_meta["gauss_next"]))
     cuda = sorted(k for k in tensors if k.startswith("rng/cuda/"))
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
@@ -166,9 +163,7 @@ def load_training_state(
         raise DataError("not an intentrec resume state", path=path)
     state = json.loads(meta[_STATE_KEY])
     _check_frozen(model, meta.get(_FROZEN_KEY), path)
-    _load_state_dict(
-        model, {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}, path
-    )
+    _load_state_dict(model, {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}, path)
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim/"):

@@ -269,7 +269,8 @@ def load_run(
     dataset_dir: str | Path | None = None,
     device: str = "cpu",
 ) -> TrainedRun:
-    """Rebuild the model (backbone, or method over it) from ``config.json``, ``prepare`` it on the dataset, load its weights.
+    """Rebuild the model (backbone, or method over it) from ``config.json``, ``prepare`` it on the
+    dataset, load its weights.
 
     ``dataset_dir`` overrides the recorded dataset path (a moved dataset); its manifest must match.
     """

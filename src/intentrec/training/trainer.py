@@ -122,7 +122,9 @@ def train(
     method_cfg = build_method_config(method, method_config) if method else None
     record = run_record(dataset, model, model_cfg, cfg, command, method, method_cfg)
     with exclusive_lock(run.path / LOCK, what=f"run folder {run.path}"):
-        return _train_locked(dataset, model, model_cfg, cfg, run, record, resume, progress, on_epoch, method, method_cfg)
+        return _train_locked(
+            dataset, model, model_cfg, cfg, run, record, resume, progress, on_epoch, method, method_cfg
+        )
 
 
 def _train_locked(
@@ -280,9 +282,7 @@ class _Loop:
         loss = self._train_one_epoch(epoch)
         train_seconds = time.perf_counter() - started
         if not math.isfinite(loss):
-            raise IntentrecError(
-                f"training diverged: the loss is {loss} in epoch {epoch}; try a lower train.lr"
-            )
+            raise IntentrecError(f"training diverged: the loss is {loss} in epoch {epoch}; try a lower train.lr")
 
         record: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": lr}
         if len(self.valid_set):
@@ -338,9 +338,7 @@ class _Loop:
             dynamic_ncols=True,
             file=sys.stderr,
         )
-        batches = self.train_set.batches(
-            cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, max_length=cfg.max_length
-        )
+        batches = self.train_set.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, max_length=cfg.max_length)
         accumulate = self.accumulate
         for step, batch in enumerate(batches, start=1):
             batch = batch.to(self.device)
@@ -393,9 +391,7 @@ class _Loop:
             "max_epochs": cfg.epochs,
             "stopped_early": state["stopped_early"],
             "seconds_per_epoch_mean": round(float(np.mean(seconds)), 3) if seconds else None,
-            "train_seconds_per_epoch_mean": (
-                round(float(np.mean(train_seconds)), 3) if train_seconds else None
-            ),
+            "train_seconds_per_epoch_mean": (round(float(np.mean(train_seconds)), 3) if train_seconds else None),
             "seconds_total": round(float(np.sum(seconds)), 3),
             "num_examples": {
                 "train": len(self.train_set),

@@ -35,9 +35,7 @@ def locate_inputs(source: str, path: str | Path) -> list[Path]:
     return loader.locate(_checked(loader, path))
 
 
-def load_source(
-    source: str, path: str | Path, on_bad_line: BadLinePolicy = "error"
-) -> RawInteractions:
+def load_source(source: str, path: str | Path, on_bad_line: BadLinePolicy = "error") -> RawInteractions:
     """Parse the upstream files of ``source`` found at ``path`` (a folder or the main file)."""
     loader = get_loader(source)
     return loader.load(_checked(loader, path), BadLines(on_bad_line))
@@ -59,8 +57,7 @@ def _checked(loader: Loader, path: str | Path) -> Path:
     if not path.exists():
         hint = f"$INTENTREC_DATA or ../shared/data, currently {data_root()}"
         raise DataError(
-            f"{path} does not exist (data root: {hint}). Official download for '{loader.name}': "
-            f"{_urls_for(loader)}"
+            f"{path} does not exist (data root: {hint}). Official download for '{loader.name}': {_urls_for(loader)}"
         )
     return path
 

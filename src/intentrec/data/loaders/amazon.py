@@ -45,9 +45,7 @@ def find_reviews(path: Path) -> tuple[str, Path, Path | None]:
         candidates = sorted(
             p
             for p in path.glob("*.json*")
-            if p.is_file()
-            and p.name.endswith((".json", ".json.gz"))
-            and not p.name.startswith("meta_")
+            if p.is_file() and p.name.endswith((".json", ".json.gz")) and not p.name.startswith("meta_")
         )
         if not candidates:
             raise missing_input_error(
@@ -57,9 +55,7 @@ def find_reviews(path: Path) -> tuple[str, Path, Path | None]:
             )
         if len(candidates) > 1:
             names = ", ".join(p.name for p in candidates)
-            raise DataError(
-                f"several review files ({names}); pass the one to use as PATH", path=path
-            )
+            raise DataError(f"several review files ({names}); pass the one to use as PATH", path=path)
         reviews = candidates[0]
     stem = reviews.name.removesuffix(".gz").removesuffix(".json")
     variant = "amazon-2014" if stem.startswith("reviews_") else "amazon-2018"
@@ -174,8 +170,7 @@ def _read_meta(path: Path, bad: BadLines) -> tuple[pd.DataFrame, int]:
     lines = read_lines(path, "utf-8", bad)
     records = [_meta_record(text) for text in lines.text.to_pylist()]
     problems = [
-        r if isinstance(r, str) else (None if r.get("asin") else "field 'asin' is missing or empty")
-        for r in records
+        r if isinstance(r, str) else (None if r.get("asin") else "field 'asin' is missing or empty") for r in records
     ]
     keep = bad.check(
         np.array([p is not None for p in problems], dtype=bool),

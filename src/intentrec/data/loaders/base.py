@@ -162,15 +162,11 @@ def read_lines(path: Path, encoding: str, bad: BadLines) -> Lines:
         for i in undecodable:
             lines[i] = ""
     arr = pc.utf8_rtrim(pa.array(lines, type=pa.string()), characters="\r")
-    nonblank = np.asarray(
-        pc.not_equal(pc.utf8_trim_whitespace(arr), "").to_numpy(zero_copy_only=False)
-    )
+    nonblank = np.asarray(pc.not_equal(pc.utf8_trim_whitespace(arr), "").to_numpy(zero_copy_only=False))
     return Lines(arr, numbers).take(nonblank)
 
 
-def split_fields(
-    lines: Lines, path: Path, sep: str, names: list[str], bad: BadLines
-) -> pd.DataFrame:
+def split_fields(lines: Lines, path: Path, sep: str, names: list[str], bad: BadLines) -> pd.DataFrame:
     """Split unquoted ``sep``-separated lines into string columns ``names`` (plus ``_line``)."""
     n_fields = len(names)
     counts = np.asarray(pc.count_substring(lines.text, sep).to_numpy(zero_copy_only=False))
@@ -178,17 +174,12 @@ def split_fields(
         counts != n_fields - 1,
         lines.numbers,
         path,
-        lambda i: (
-            f"expected {n_fields} fields separated by {sep!r} ({', '.join(names)}), "
-            f"found {int(counts[i]) + 1}"
-        ),
+        lambda i: f"expected {n_fields} fields separated by {sep!r} ({', '.join(names)}), found {int(counts[i]) + 1}",
     )
     lines = lines.take(keep)
     values = pc.split_pattern(lines.text, sep, max_splits=n_fields - 1).flatten()
     columns = {
-        name: _to_str_series(
-            values.take(pa.array(np.arange(j, len(values), n_fields, dtype=np.int64)))
-        )
+        name: _to_str_series(values.take(pa.array(np.arange(j, len(values), n_fields, dtype=np.int64))))
         for j, name in enumerate(names)
     }
     frame = pd.DataFrame(columns)
@@ -232,9 +223,7 @@ def _split_header(header: str, sep: str) -> list[str]:
     return header.split(sep)
 
 
-def _split_quoted(
-    lines: Lines, path: Path, sep: str, names: list[str], bad: BadLines
-) -> pd.DataFrame:
+def _split_quoted(lines: Lines, path: Path, sep: str, names: list[str], bad: BadLines) -> pd.DataFrame:
     """CSV with quoting: the csv module, one record per physical line (titles never span lines)."""
     text_lines = lines.text.to_pylist()
     records: list[list[str] | None] = []
@@ -249,10 +238,7 @@ def _split_quoted(
         found != n_fields,
         lines.numbers,
         path,
-        lambda i: (
-            f"expected {n_fields} fields ({', '.join(names)}), found {found[i]} "
-            "(or a badly quoted field)"
-        ),
+        lambda i: f"expected {n_fields} fields ({', '.join(names)}), found {found[i]} (or a badly quoted field)",
     )
     kept = [r for r, k in zip(records, keep, strict=True) if k]
     out = pd.DataFrame(kept, columns=names, dtype=object) if kept else pd.DataFrame(columns=names)
@@ -272,15 +258,11 @@ def require_columns(frame: pd.DataFrame, path: Path, required: list[str]) -> Non
         )
 
 
-def numeric_column(
-    frame: pd.DataFrame, column: str, path: Path, bad: BadLines, *, unit: str = "line"
-) -> pd.DataFrame:
+def numeric_column(frame: pd.DataFrame, column: str, path: Path, bad: BadLines, *, unit: str = "line") -> pd.DataFrame:
     """Convert ``column`` to float64 in place; rows where it is not a number are bad."""
     raw = frame[column]
     try:
-        frame[column] = pc.cast(pa.array(raw, type=pa.string()), pa.float64()).to_numpy(
-            zero_copy_only=False
-        )
+        frame[column] = pc.cast(pa.array(raw, type=pa.string()), pa.float64()).to_numpy(zero_copy_only=False)
         if not np.isnan(frame[column].to_numpy()).any():
             return frame
         frame[column] = raw
@@ -299,9 +281,7 @@ def numeric_column(
     return frame
 
 
-def nonempty_column(
-    frame: pd.DataFrame, column: str, path: Path, bad: BadLines, *, unit: str = "line"
-) -> pd.DataFrame:
+def nonempty_column(frame: pd.DataFrame, column: str, path: Path, bad: BadLines, *, unit: str = "line") -> pd.DataFrame:
     """Strip ``column`` (as text); rows where it is missing or empty are bad."""
     values = frame[column]
     if values.dtype != "str":

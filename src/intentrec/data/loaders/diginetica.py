@@ -58,9 +58,7 @@ def load_diginetica(path: Path, bad: BadLines) -> RawInteractions:
         lambda i: f"column 'eventdate': expected a YYYY-MM-DD date, got {raw_dates.iloc[i]!r}",
     )
     seconds = (dates[~invalid] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
-    events = to_events(
-        frame["session_id"], frame["item_id"], seconds, frame["timeframe"].to_numpy()
-    )
+    events = to_events(frame["session_id"], frame["item_id"], seconds, frame["timeframe"].to_numpy())
     return RawInteractions(
         source="diginetica",
         variant="diginetica",

@@ -39,9 +39,7 @@ def locate_generic(path: Path) -> tuple[Path, Path | None]:
     folder = path if path.is_dir() else path.parent
     interactions_path = path if path.is_file() else find_file(folder, INTERACTION_FILES)
     if interactions_path is None:
-        raise missing_input_error(
-            folder, "interactions.csv or interactions.parquet", source="generic"
-        )
+        raise missing_input_error(folder, "interactions.csv or interactions.parquet", source="generic")
     return interactions_path, find_file(folder, ITEM_FILES)
 
 
@@ -120,9 +118,7 @@ def _timestamp_column(frame: pd.DataFrame, path: Path, bad: BadLines, unit: str)
         frame,
         invalid,
         path,
-        lambda i: (
-            f"column 'timestamp': expected seconds or an ISO 8601 date-time, got {raw.iloc[i]!r}"
-        ),
+        lambda i: f"column 'timestamp': expected seconds or an ISO 8601 date-time, got {raw.iloc[i]!r}",
         unit=unit,
     )
     frame["timestamp"] = seconds[~invalid].to_numpy(dtype=np.float64)

@@ -67,13 +67,9 @@ def detect_variant(path: Path) -> tuple[str, Path, Path | None]:
 def load_movielens(path: Path, bad: BadLines) -> RawInteractions:
     variant, ratings_path, movies_path = detect_variant(path)
     if variant == "ml-1m":
-        frame = split_fields(
-            read_lines(ratings_path, "iso-8859-1", bad), ratings_path, "::", RATING_COLUMNS, bad
-        )
+        frame = split_fields(read_lines(ratings_path, "iso-8859-1", bad), ratings_path, "::", RATING_COLUMNS, bad)
     elif variant == "ml-100k":
-        frame = read_delimited(
-            ratings_path, sep="\t", names=RATING_COLUMNS, bad=bad, encoding="iso-8859-1"
-        )
+        frame = read_delimited(ratings_path, sep="\t", names=RATING_COLUMNS, bad=bad, encoding="iso-8859-1")
     else:
         frame = read_delimited(ratings_path, sep=",", bad=bad)
         require_columns(frame, ratings_path, ["userId", "movieId", "timestamp"])
@@ -108,9 +104,7 @@ def load_movielens(path: Path, bad: BadLines) -> RawInteractions:
 
 def _read_movies(variant: str, path: Path, bad: BadLines) -> tuple[pd.DataFrame, int]:
     if variant == "ml-1m":
-        frame = split_fields(
-            read_lines(path, "iso-8859-1", bad), path, "::", ["item_id", "title", "genres"], bad
-        )
+        frame = split_fields(read_lines(path, "iso-8859-1", bad), path, "::", ["item_id", "title", "genres"], bad)
     elif variant == "ml-100k":
         lines = read_lines(path, "iso-8859-1", bad)
         # u.item: id|title|release date|video release date|IMDb URL|19 genre flags

@@ -124,7 +124,5 @@ def get_loader(source: str) -> Loader:
     """The loader of ``source``; an unknown name lists the known ones and every official URL."""
     if source not in LOADERS:
         urls = "\n".join(f"  {key}: {url}" for key, url in official_urls().items())
-        raise DataError(
-            f"unknown SOURCE '{source}' (known: {', '.join(_ORDER)}). Official downloads:\n{urls}"
-        )
+        raise DataError(f"unknown SOURCE '{source}' (known: {', '.join(_ORDER)}). Official downloads:\n{urls}")
     return LOADERS.get(source)()

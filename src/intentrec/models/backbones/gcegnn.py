@@ -145,8 +145,7 @@ class GCEGNN(Backbone):
         # a_self, a_out, a_in, a_in-out (rows in the order of the EDGE_* codes 1..4)
         self.relation_vectors = nn.Parameter(torch.empty(4, d))
         self.aggregators = nn.ModuleList(
-            GlobalAggregator(d, config.dropout_gcn, config.negative_slope)
-            for _ in range(config.hops)
+            GlobalAggregator(d, config.dropout_gcn, config.negative_slope) for _ in range(config.hops)
         )
         self.dropout_local = nn.Dropout(config.dropout_local)
         self.dropout_global = nn.Dropout(config.dropout_global)
@@ -179,9 +178,7 @@ class GCEGNN(Backbone):
         weighted = alpha.unsqueeze(1) * embedded.index_select(0, neighbor)
         return embedded.new_zeros(embedded.shape).index_add_(0, node, weighted)
 
-    def global_level(
-        self, graph: SessionGraph, embedded: torch.Tensor, session_mean: torch.Tensor
-    ) -> torch.Tensor:
+    def global_level(self, graph: SessionGraph, embedded: torch.Tensor, session_mean: torch.Tensor) -> torch.Tensor:
         k, d = self.config.num_neighbors, self.dim
         # Level ℓ holds the ℓ-hop neighbours of every node, flattened: [N * K^ℓ].
         items = [graph.node_items]

@@ -54,9 +54,7 @@ class SelfAttentionBlock(nn.Module):
         batch, width, dim = x.shape
         return x.view(batch, width, self.heads, dim // self.heads).transpose(1, 2)
 
-    def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor, queries: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, L, d]`` -> ``[B, L, d]``; or, given query rows ``queries`` ``[B, Q, d]``, the block's
         output at those queries only, ``[B, Q, d]`` (keys and values are still all of ``hidden``)."""
         batch, width, dim = hidden.shape
@@ -95,8 +93,7 @@ class GCSAN(Backbone):
         self.id_table = nn.Parameter(torch.empty(num_items, d))
         self.gnn = GatedGraphNetwork(d, config.steps)
         self.blocks = nn.ModuleList(
-            SelfAttentionBlock(d, config.attention_heads, config.dropout)
-            for _ in range(config.blocks)
+            SelfAttentionBlock(d, config.attention_heads, config.dropout) for _ in range(config.blocks)
         )
         self.reset_parameters()
 

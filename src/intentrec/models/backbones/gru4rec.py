@@ -99,4 +99,3 @@ class GRU4Rec(PaddedItemEmbedding, Backbone):
         last = states.index_select(0, packing.last)
         mean = packing.sum_per_row(states) / packing.lengths.unsqueeze(1).to(states.dtype)
         return BackboneOutput(session=last, vectors={"local": last, "global": mean})
-

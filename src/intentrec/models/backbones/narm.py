@@ -88,4 +88,3 @@ class NARM(PaddedItemEmbedding, Backbone):
         readout = packing.sum_per_row(alpha.unsqueeze(1) * states)
         session = self.bilinear(self.encoder_dropout(torch.cat([last, readout], dim=-1)))
         return BackboneOutput(session=session, vectors={"local": last, "global": readout})
-

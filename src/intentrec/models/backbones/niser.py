@@ -52,9 +52,7 @@ class NISER(SRGNN):
         self.config: NISERConfig
         super().__init__(num_items, config)
         self.embedding_dropout = nn.Dropout(config.dropout)
-        self.position = (
-            nn.Embedding(config.max_positions, config.embedding_dim) if config.positions else None
-        )
+        self.position = nn.Embedding(config.max_positions, config.embedding_dim) if config.positions else None
         self.reset_parameters()  # again, now that the position table exists
 
     def item_table(self) -> torch.Tensor:

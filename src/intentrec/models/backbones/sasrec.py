@@ -8,8 +8,9 @@ cross-entropy against one sampled negative.
 
 Every per-token layer runs on the real clicks only (:class:`PackedTokens`); padding exists only
 inside the attention, which runs per group of similar-length sessions (:class:`LengthGroups`, each
-padded to its own longest row) and whose causal mask hides it. Positions follow the authors' left-padded window of ``max_length``: the most recent item always has
-position ``max_length - 1``, the one before ``max_length - 2``, and so on, whatever the batch width.
+padded to its own longest row) and whose causal mask hides it. Positions follow the authors'
+left-padded window of ``max_length``: the most recent item always has position ``max_length - 1``,
+the one before ``max_length - 2``, and so on, whatever the batch width.
 """
 
 from __future__ import annotations
@@ -80,9 +81,7 @@ class TransformerBlock(nn.Module):
         self.attention_norm = nn.LayerNorm(dim, eps=1e-8)
         self.attention = CausalSelfAttention(dim, num_heads, dropout)
         self.feed_forward_norm = nn.LayerNorm(dim, eps=1e-8)
-        self.feed_forward = nn.Sequential(
-            nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim)
-        )
+        self.feed_forward = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, tokens: torch.Tensor, groups: LengthGroups) -> torch.Tensor:
@@ -147,4 +146,3 @@ class SASRec(PaddedItemEmbedding, Backbone):
         scores = (outputs * last.index_select(0, packing.rows)).sum(1) / math.sqrt(self.dim)
         readout = packing.sum_per_row(packing.softmax_per_row(scores).unsqueeze(1) * outputs)
         return BackboneOutput(session=last, vectors={"local": last, "global": readout})
-

@@ -19,7 +19,6 @@ import math
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -71,9 +70,7 @@ class GatedGraphLayer(nn.Module):
                 self.hidden_gates.weight,
             ]
         )
-        bias = torch.cat(
-            [gate_in @ self.edge_in.bias, gate_out @ self.edge_out.bias, self.hidden_gates.bias]
-        )
+        bias = torch.cat([gate_in @ self.edge_in.bias, gate_out @ self.edge_out.bias, self.hidden_gates.bias])
         projected = torch.addmm(bias, hidden, weight.t())  # [N, 9d]
         to_in, to_out, gates_h = projected.split(3 * d, dim=1)
         constant = gate_in @ self.bias_in + gate_out @ self.bias_out + self.input_gates.bias
@@ -121,9 +118,7 @@ class LastClickAttention(nn.Module):
         self.node = nn.Linear(dim, dim)
         self.score = nn.Linear(dim, 1, bias=False)
 
-    def forward(
-        self, keys: torch.Tensor, last: torch.Tensor, owner: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, keys: torch.Tensor, last: torch.Tensor, owner: torch.Tensor | None = None) -> torch.Tensor:
         query = self.last(last)
         query = query.unsqueeze(1) if owner is None else query.index_select(0, owner)
         return self.score(torch.sigmoid(self.node(keys) + query)).squeeze(-1)
@@ -131,9 +126,7 @@ class LastClickAttention(nn.Module):
 
 class SRGNNConfig(BackboneConfig):
     steps: int = Field(1, ge=1, description="GNN propagation steps (paper: 1)")
-    hybrid: bool = Field(
-        True, description="session = W3[s_l; s_g]; False = the paper's global-only ablation (s_g)"
-    )
+    hybrid: bool = Field(True, description="session = W3[s_l; s_g]; False = the paper's global-only ablation (s_g)")
 
 
 @register_backbone("srgnn")
@@ -161,9 +154,7 @@ class SRGNN(Backbone):
         """Packed node states ``[N, d]`` after the gated GNN."""
         return self.gnn(graph, self.embed_items(graph.node_items))
 
-    def attention_readout(
-        self, graph: SessionGraph, states: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention_readout(self, graph: SessionGraph, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s_l, s_g)`` from packed node states; s_g sums over clicks (node weight = click count)."""
         local = states.index_select(0, graph.last_node)
         alpha = self.attention(states, local, graph.node_session)

@@ -71,4 +71,3 @@ class STAMP(PaddedItemEmbedding, Backbone):
         h_s = torch.tanh(self.mlp_general(m_a))
         h_t = torch.tanh(self.mlp_current(m_t))
         return BackboneOutput(session=h_s * h_t, vectors={"local": h_t, "global": h_s})
-

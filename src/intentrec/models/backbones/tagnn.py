@@ -35,9 +35,7 @@ from intentrec.models.registry import register_backbone
 
 
 class TAGNNConfig(SRGNNConfig):
-    score_chunk: int = Field(
-        1 << 22, ge=1, description="max (packed nodes × items) per chunk of the target term"
-    )
+    score_chunk: int = Field(1 << 22, ge=1, description="max (packed nodes × items) per chunk of the target term")
 
 
 @register_backbone("tagnn")
@@ -54,9 +52,7 @@ class TAGNN(SRGNN):
         self.target_projection = nn.Linear(config.embedding_dim, config.embedding_dim, bias=False)
         self.reset_parameters()  # again, now that W_t exists
 
-    def attention_readout(
-        self, graph: SessionGraph, states: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention_readout(self, graph: SessionGraph, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         local = states.index_select(0, graph.last_node)
         scores = self.attention(states, local, graph.node_session)
         alpha = segment_softmax(scores, graph.node_session, graph.batch_size, graph.node_counts)
@@ -130,9 +126,7 @@ class _TargetAttention(torch.autograd.Function):
             norm = weighted.new_zeros(batch_size, block.shape[0]).index_add_(0, owner, weighted)
             if product is None or product.shape != weighted.shape:
                 product = torch.empty_like(weighted)
-            numerator = norm.new_zeros(norm.shape).index_add_(
-                0, owner, torch.mul(weighted, values, out=product)
-            )
+            numerator = norm.new_zeros(norm.shape).index_add_(0, owner, torch.mul(weighted, values, out=product))
             out[:, start : start + block.shape[0]] = numerator.div_(norm)
             ctx.blocks.append((weighted, values, norm))
         ctx.save_for_backward(keys, states, items, owner, out)

@@ -207,9 +207,7 @@ class Method(SessionModel):
     def _rows(self, name: str, example_ids: torch.Tensor) -> torch.Tensor:
         """Row of each example in the feature buffer, −1 where it has none."""
         if name not in self.features:
-            raise DataError(
-                f"method '{self.registry_name}' has no text feature '{name}'; call prepare(dataset) first"
-            )
+            raise DataError(f"method '{self.registry_name}' has no text feature '{name}'; call prepare(dataset) first")
         lookup: torch.Tensor = getattr(self, f"_rows_{name}")
         return lookup[example_ids.clamp(max=lookup.numel() - 1)]
 

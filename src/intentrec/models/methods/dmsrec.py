@@ -39,7 +39,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -49,8 +48,8 @@ from intentrec.data.batch import SessionBatch
 from intentrec.data.candidates import CandidateSpec, read_provenance
 from intentrec.errors import DataError
 from intentrec.models.base import Backbone, BackboneOutput
-from intentrec.models.methods.base import Method, MethodConfig, TextSourceConfig
 from intentrec.models.features import FeatureTable
+from intentrec.models.methods.base import Method, MethodConfig, TextSourceConfig
 from intentrec.models.methods.losses import ALIGNMENTS
 from intentrec.models.methods.registry import register_method
 
@@ -76,11 +75,15 @@ class DMsRecConfig(TextSourceConfig):
     candidates_file: str | None = Field(None, description="a ready candidate parquet (example_id, candidates)")
     candidates_model: str = Field("gcegnn", description="backbone that ranks the candidates")
     candidate_folds: int = Field(2, ge=1)
-    leaky_candidates: bool = Field(False, description="the authors' way: train examples scored by a model trained on them")
+    leaky_candidates: bool = Field(
+        False, description="the authors' way: train examples scored by a model trained on them"
+    )
     candidate_epochs: int = Field(3, ge=1, description="max epochs of each candidate run (small default; see docs)")
     candidate_seed: int = 0
     candidate_model_config: dict[str, Any] = Field(default_factory=dict)
-    candidate_train: dict[str, Any] = Field(default_factory=dict, description="more trainer settings of the candidate runs")
+    candidate_train: dict[str, Any] = Field(
+        default_factory=dict, description="more trainer settings of the candidate runs"
+    )
     candidate_work_dir: str | None = Field(None, description="folder for candidate runs (default runs/candidates/...)")
 
     @model_validator(mode="after")
@@ -161,8 +164,12 @@ class DMsRec(Method):
                 path=path,
             )
         return path, {
-            "file": str(path), "leaky": cfg.leaky_candidates, "given": False,
-            "model": cfg.candidates_model, "folds": cfg.candidate_folds, "epochs": cfg.candidate_epochs,
+            "file": str(path),
+            "leaky": cfg.leaky_candidates,
+            "given": False,
+            "model": cfg.candidates_model,
+            "folds": cfg.candidate_folds,
+            "epochs": cfg.candidate_epochs,
             "runs": _scored_by(read_provenance(path)),
         }
 
@@ -174,14 +181,23 @@ class DMsRec(Method):
         encoder = get_encoder(cfg.encoder)
         if cfg.source == "titles":
             path, self._candidates = self.candidate_file(dataset)
-            tables = titles_tables(dataset.path, encoder, path, top=cfg.candidate_top, latent_top=cfg.latent_top,
-                                   info={"candidates_leaky": self._candidates.get("leaky")})
+            tables = titles_tables(
+                dataset.path,
+                encoder,
+                path,
+                top=cfg.candidate_top,
+                latent_top=cfg.latent_top,
+                info={"candidates_leaky": self._candidates.get("leaky")},
+            )
         else:
             from intentrec.semantic.llm import resolve_llm_identity
 
             path = self._spec().path(dataset.path)
-            self._candidates = {"file": str(path) if path.is_file() else None, "leaky": cfg.leaky_candidates,
-                                "note": "source=llm: the answers were generated from the candidates given to 'intentrec infer'"}
+            self._candidates = {
+                "file": str(path) if path.is_file() else None,
+                "leaky": cfg.leaky_candidates,
+                "note": "source=llm: the answers were generated from the candidates given to 'intentrec infer'",
+            }
             tables = llm_tables(dataset.path, encoder, llm_identity=resolve_llm_identity(cfg.llm), store_path=cfg.store)
         return {g: tables[g] for g in cfg.groups()}
 

@@ -73,8 +73,9 @@ def normalise_title(text: str | None, item_ids: Iterable[str] = ()) -> str:
     return text.casefold()
 
 
-def title_keys(title: str | None, item_id: str | None = None, *, word_limits: Sequence[int] = (24, 12),
-               max_chars: int = 160) -> set[str]:
+def title_keys(
+    title: str | None, item_id: str | None = None, *, word_limits: Sequence[int] = (24, 12), max_chars: int = 160
+) -> set[str]:
     """Every key under which an answer may name this item: its full title and the truncated forms
     the prompts show (``word_limits`` words, ``max_chars`` characters), raw and parser-cleaned."""
     from intentrec.semantic.prompts import truncate_title
@@ -121,7 +122,11 @@ def split_by_keys(
             key = cache[piece] = normalise_title(piece)
         if not key:
             continue
-        if key not in keys and clicked_ids and any(piece.rstrip().lower().endswith("_" + i.lower()) for i in clicked_ids):
+        if (
+            key not in keys
+            and clicked_ids
+            and any(piece.rstrip().lower().endswith("_" + i.lower()) for i in clicked_ids)
+        ):
             key = normalise_title(piece, clicked_ids)
         (explicit if key in keys else latent).append(piece)
     return explicit, latent
@@ -145,7 +150,9 @@ def group_means(
         return np.zeros((n, table.shape[1]), dtype=np.float32), counts
     weights = 1.0 / counts[owners].astype(np.float32)
     matrix = torch.sparse_coo_tensor(
-        torch.from_numpy(np.stack([owners, rows])), torch.from_numpy(weights), (n, table.shape[0]),
+        torch.from_numpy(np.stack([owners, rows])),
+        torch.from_numpy(weights),
+        (n, table.shape[0]),
         check_invariants=True,
     ).coalesce()
     return torch.sparse.mm(matrix, table).numpy(), counts
@@ -216,8 +223,10 @@ def titles_tables(
     candidates = read_candidates(candidates_file, ids, top=top)
     bad = (candidates < 1) | (candidates > dataset.num_items)
     if bad.any():
-        raise DataError(f"field 'candidates': item index {int(candidates[bad][0])} is not in 1..{dataset.num_items}",
-                        path=candidates_file)
+        raise DataError(
+            f"field 'candidates': item index {int(candidates[bad][0])} is not in 1..{dataset.num_items}",
+            path=candidates_file,
+        )
     catalogue = embed_catalogue(dataset_dir, encoder, normalize=True).vectors
     explicit, latent, stats = titles_intents(values, offsets, candidates, catalogue, latent_top=latent_top)
     meta = {
@@ -239,7 +248,9 @@ def titles_tables(
     }
 
 
-def piece_matches(pieces: Sequence[str], titles: Sequence[str | None], item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def piece_matches(
+    pieces: Sequence[str], titles: Sequence[str | None], item_ids: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """Which items each piece may name, as CSR ``(offsets [P+1], item indices)``.
 
     A piece names item ``i`` when its normalised text is one of :func:`title_keys` of ``i``'s title,
@@ -314,7 +325,9 @@ def llm_tables(
             if chosen is None:
                 answer = template.parse(record.answer)
                 texts = answer.texts if answer.status == "ok" else []
-                chosen = parsed[record.answer] = [pieces.setdefault(t, len(pieces)) for t in texts if normalise_title(t)]
+                chosen = parsed[record.answer] = [
+                    pieces.setdefault(t, len(pieces)) for t in texts if normalise_title(t)
+                ]
             status[k] = 3 if chosen else 2
         key_pieces.append(chosen)
 

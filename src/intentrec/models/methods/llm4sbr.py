@@ -32,8 +32,8 @@ from torch import nn
 
 from intentrec.data.batch import SessionBatch
 from intentrec.models.base import Backbone, BackboneOutput
-from intentrec.models.methods.base import Method, MethodConfig, TextSourceConfig
 from intentrec.models.features import FeatureTable
+from intentrec.models.methods.base import Method, MethodConfig, TextSourceConfig
 from intentrec.models.methods.losses import directau
 from intentrec.models.methods.registry import register_method
 
@@ -98,8 +98,8 @@ class LLM4SBR(Method):
         return self.config.view_names()
 
     def load_features(self, dataset: PreparedDataset) -> dict[str, FeatureTable]:
-        from intentrec.semantic.encoders import get_encoder
         from intentrec.models.methods.llm4sbr_features import llm_view, title_views
+        from intentrec.semantic.encoders import get_encoder
 
         cfg: LLM4SBRConfig = self.config
         encoder = get_encoder(cfg.encoder)
@@ -113,16 +113,24 @@ class LLM4SBR(Method):
             self._catalogue32 = catalogue  # float32, for computing new sessions' views exactly as stored
         if cfg.source == "titles":
             wanted = tuple(dict.fromkeys("long" if v == "normal" else v for v in names))
-            tables = title_views(dataset.path, encoder, views=wanted, k=cfg.k, short_window=cfg.short_window,
-                                 catalogue=catalogue)
+            tables = title_views(
+                dataset.path, encoder, views=wanted, k=cfg.k, short_window=cfg.short_window, catalogue=catalogue
+            )
             out = {v: tables["long" if v == "normal" else v] for v in names}
         else:
             from intentrec.semantic.llm import resolve_llm_identity
 
             identity = resolve_llm_identity(cfg.llm)
             out = {
-                v: llm_view(dataset.path, template=TEMPLATES[v], llm_identity=identity, encoder=encoder,
-                            k=cfg.k, store_path=cfg.store, name=v)
+                v: llm_view(
+                    dataset.path,
+                    template=TEMPLATES[v],
+                    llm_identity=identity,
+                    encoder=encoder,
+                    k=cfg.k,
+                    store_path=cfg.store,
+                    name=v,
+                )
                 for v in names
             }
         if cfg.shuffle_texts:
@@ -144,8 +152,8 @@ class LLM4SBR(Method):
         cfg: LLM4SBRConfig = self.config
         if self.serving_problem() is not None:
             return None
-        from intentrec.semantic.localization import l2_normalise, localize
         from intentrec.models.methods.llm4sbr_features import window_means
+        from intentrec.semantic.localization import l2_normalise, localize
 
         lengths = batch.lengths.cpu().numpy()
         values = batch.items.cpu().numpy()[batch.mask.cpu().numpy()]

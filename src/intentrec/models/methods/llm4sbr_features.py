@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from intentrec.data import schema
 from intentrec.data.dataset import PreparedDataset, all_examples
 from intentrec.errors import DataError
 from intentrec.models.features import FeatureTable
@@ -49,9 +48,7 @@ TITLE_VIEWS = ("long", "short")
 _CHUNK_VALUES = 262_144
 
 
-def window_means(
-    item_vectors: np.ndarray, values: np.ndarray, offsets: np.ndarray, window: int | None
-) -> np.ndarray:
+def window_means(item_vectors: np.ndarray, values: np.ndarray, offsets: np.ndarray, window: int | None) -> np.ndarray:
     """Mean of ``item_vectors[item − 1]`` over each sequence (or its last ``window`` items), [N, d]."""
     n = len(offsets) - 1
     ends = offsets[1:]
@@ -168,8 +165,13 @@ def llm_view(
     if tensors is None:
         with AnswerStore(store_path) as store:
             compute_intents(
-                dataset_dir, template=template, llm_identity=llm_identity, encoder=encoder, k=k,
-                split="all", store=store,
+                dataset_dir,
+                template=template,
+                llm_identity=llm_identity,
+                encoder=encoder,
+                k=k,
+                split="all",
+                store=store,
             )
         tensors, meta = load_intents(path)
     report_path = path.with_name(path.name + ".json")
@@ -182,7 +184,10 @@ def llm_view(
         "encoder_key": encoder.identity_key(),
         "k": k,
         "file": path.name,
-        "coverage": {key: coverage.get(key) for key in ("examples", "with_intent", "missing", "stale", "empty", "garbage", "fraction")},
+        "coverage": {
+            key: coverage.get(key)
+            for key in ("examples", "with_intent", "missing", "stale", "empty", "garbage", "fraction")
+        },
     }
     counts = tensors.get("intent_counts")
     vectors = tensors["intent_vectors"] if counts is not None else tensors["vectors"]

@@ -125,7 +125,7 @@ class LLMBackend(abc.ABC):
         on_result: OnResult | None = None,
     ) -> list[Generation]: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract: most backends free nothing
         """Free the model (no-op by default)."""
 
     def __enter__(self) -> LLMBackend:
@@ -178,10 +178,15 @@ def check_prompts(prompts: Sequence[Prompt]) -> None:
         if not isinstance(messages, list) or not messages:
             raise IntentrecError(f"prompt {i}: expected a non-empty list of chat messages")
         for m in messages:
-            if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in (
-                "system",
-                "user",
-                "assistant",
+            if (
+                not isinstance(m, dict)
+                or not isinstance(m.get("content"), str)
+                or m.get("role")
+                not in (
+                    "system",
+                    "user",
+                    "assistant",
+                )
             ):
                 raise IntentrecError(
                     f"prompt {i}: each message needs role system|user|assistant and string content, got {m!r}"

@@ -370,11 +370,7 @@ class LlamaCppBackend(LLMBackend):
                 if cut >= 0:
                     job.text_bytes = bytearray(text[:cut].encode("utf-8"))
                     finished = True
-        if (
-            not finished
-            and len(job.generated) < decoding.max_tokens
-            and len(slot.cached) + 1 < self.n_ctx_per_seq
-        ):
+        if not finished and len(job.generated) < decoding.max_tokens and len(slot.cached) + 1 < self.n_ctx_per_seq:
             slot.pending = [token]
             return
         gen = Generation(

@@ -83,9 +83,7 @@ def shipped_model(name: str) -> ShippedModel:
     try:
         return SHIPPED[name]
     except KeyError:
-        raise IntentrecError(
-            f"unknown shipped model '{name}' (known: {', '.join(sorted(SHIPPED))})"
-        ) from None
+        raise IntentrecError(f"unknown shipped model '{name}' (known: {', '.join(sorted(SHIPPED))})") from None
 
 
 def part_files(model: ShippedModel) -> list[Path]:
@@ -112,8 +110,7 @@ def part_files(model: ShippedModel) -> list[Path]:
         parts.append(Path(dist.locate_file(found[0])))
     if missing:
         raise IntentrecError(
-            f"model '{model.name}' is not installed (missing {', '.join(missing)}); run: "
-            f"{model.pip_command()}"
+            f"model '{model.name}' is not installed (missing {', '.join(missing)}); run: {model.pip_command()}"
         )
     return parts
 
@@ -223,4 +220,3 @@ def installed_models() -> dict[str, bool]:
         except IntentrecError:
             out[name] = False
     return out
-

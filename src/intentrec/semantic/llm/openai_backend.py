@@ -60,9 +60,7 @@ def _retryable(exc: BaseException) -> bool:
 
 def _openai_identity(model: str | None, opts: dict[str, Any]) -> dict[str, str]:
     if not model:
-        raise ConfigError(
-            "an OpenAI-compatible --llm URL needs the served model name: URL#MODEL or the 'model' option"
-        )
+        raise ConfigError("an OpenAI-compatible --llm URL needs the served model name: URL#MODEL or the 'model' option")
     # A server does not tell which weights it serves; the name stands in for them unless the user
     # pins the weights' sha256 (e.g. of the GGUF that llama_cpp.server loaded).
     sha = opts.get("model_sha256") or hashlib.sha256(f"openai-model:{model}".encode()).hexdigest()
@@ -105,7 +103,9 @@ class OpenAIBackend(LLMBackend):
         try:
             import openai
         except ImportError:
-            raise IntentrecError("the openai backend needs the 'openai' package: pip install 'intentrec[llm]'") from None
+            raise IntentrecError(
+                "the openai backend needs the 'openai' package: pip install 'intentrec[llm]'"
+            ) from None
         if not config.model:
             raise IntentrecError(f"{base_url}: no model name given (use URL#MODEL or the 'model' option)")
         self.base_url = base_url
