@@ -51,12 +51,9 @@ class Registry(Generic[T]):
 def import_modules(package: str, names: Iterable[str]) -> None:
     """Import ``package.<name>`` for each name (modules that register components on import).
 
-    A module that is absent is skipped (an optional part not installed); an import error *inside*
-    a module is raised, so a broken component never silently disappears from its registry.
+    Every listed module ships with intentrec, so a failing import is raised: a broken component
+    never silently disappears from its registry. (Optional third-party packages are imported inside
+    the component that needs them, which then says what to install.)
     """
     for name in names:
-        try:
-            importlib.import_module(f"{package}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{package}.{name}":
-                raise
+        importlib.import_module(f"{package}.{name}")

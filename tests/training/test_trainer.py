@@ -287,3 +287,33 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(tiny_dataset, tmp_pa
     full = tmp_path / "full"
     train(tiny_dataset, TEST_BACKBONE, None, FAST_TRAINER, out=full)
     _assert_same_run(full, run)
+
+
+def test_gradient_accumulation_equals_one_larger_batch(tiny_dataset, tmp_path, monkeypatch):
+    """A model's training plan may accumulate gradients: 2 × 8 examples per step is one step over 16."""
+    import numpy as np
+
+    from intentrec.data.dataset import PreparedDataset
+    from intentrec.models.base import TrainingPlan
+    from intentrec.training.run import RunDir as Folder
+    from intentrec.training.run import build_configs
+    from intentrec.training.trainer import _Loop
+    from tests.helpers import tinyrun
+
+    def params_after_one_epoch(batch_size: int, accumulate: int, out) -> list[torch.Tensor]:
+        def plan(self, cfg, device):
+            return TrainingPlan(torch.optim.SGD(self.param_groups(cfg), lr=0.5), None, accumulate)
+
+        monkeypatch.setattr(tinyrun.MeanBackbone, "training_plan", plan)
+        _, model_cfg, cfg = build_configs(TEST_BACKBONE, {"dropout": 0.0}, {**FAST_TRAINER, "batch_size": batch_size})
+        loop = _Loop(PreparedDataset(tiny_dataset), TEST_BACKBONE, model_cfg, cfg, Folder(out), False, None)
+        loop.train_set = loop.train_set.subset(np.arange(32))  # 4 batches of 8 = 2 of 16
+        loop._train_one_epoch(1)
+        return [p.detach().clone() for p in loop.model.parameters()]
+
+    accumulated = params_after_one_epoch(8, 2, tmp_path / "a")
+    larger = params_after_one_epoch(16, 1, tmp_path / "b")
+    plain = params_after_one_epoch(8, 1, tmp_path / "c")
+    for a, b in zip(accumulated, larger):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(a, c) for a, c in zip(accumulated, plain))

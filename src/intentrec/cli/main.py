@@ -53,13 +53,7 @@ def _root(
 
 
 for _name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"intentrec.cli.{_name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"intentrec.cli.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"intentrec.cli.{_name}").register(app)
 
 
 def main() -> None:

@@ -125,12 +125,6 @@ def slices_table(sliced: dict[str, dict[str, Any]], keys: list[str]) -> Table:
     return table
 
 
-def _epoch_line(console: Console, select_metric: str, paper_mode: bool):
-    from intentrec.training.trainer import epoch_line
-
-    return lambda record: console.print(epoch_line(record, (select_metric,), paper_mode), markup=False)
-
-
 def train_command(
     dataset_dir: Path = typer.Argument(..., help="A prepared dataset folder (intentrec prepare)."),
     model: str = typer.Option(..., "--model", "-m", help="Backbone name, e.g. srgnn, stamp, gru4rec."),
@@ -149,6 +143,7 @@ def train_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per epoch."),
 ) -> None:
     from intentrec.training import train
+    from intentrec.training.trainer import epoch_line
 
     model_values, train_values, method_values = resolve_settings(model, config, set_)
     if method_values and method is None:
@@ -170,7 +165,9 @@ def train_command(
         out=out,
         resume=resume,
         progress=progress and sys.stderr.isatty(),
-        on_epoch=_epoch_line(console, trainer_cfg.select_metric, trainer_cfg.paper_mode),
+        on_epoch=lambda record: console.print(
+            epoch_line(record, (trainer_cfg.select_metric,), trainer_cfg.paper_mode), markup=False
+        ),
         command="intentrec " + shlex.join(sys.argv[1:]),
         method=method,
         method_config=method_values if method else None,

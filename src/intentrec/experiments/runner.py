@@ -253,6 +253,7 @@ def report_only(experiment: Experiment) -> tuple[Report, list[Path]]:
 
 def _train(run: RunSpec, spec: ExperimentSpec, dataset_dir: Path, options: RunOptions, command: str, echo: Echo) -> Any:
     from intentrec import training
+    from intentrec.training.trainer import epoch_line
 
     train_values = dict(run.settings["train"])
     if options.threads is not None:
@@ -284,16 +285,10 @@ def _train(run: RunSpec, spec: ExperimentSpec, dataset_dir: Path, options: RunOp
         out=run.run_dir(spec.runs_dir),
         resume=True,
         progress=options.progress,
-        on_epoch=_epoch_line(echo, run.paper_mode),
+        on_epoch=lambda record: echo("    " + epoch_line(record, ("HR@20", "MRR@20"), run.paper_mode)),
         command=command,
         **extra,
     )
-
-
-def _epoch_line(echo: Echo, paper_mode: bool) -> Callable[[dict[str, Any]], None]:
-    from intentrec.training.trainer import epoch_line
-
-    return lambda record: echo("    " + epoch_line(record, ("HR@20", "MRR@20"), paper_mode))
 
 
 def _summary(record: dict[str, Any]) -> str:
