@@ -1,7 +1,6 @@
 """Shared fixtures: real data from ../shared/data (or $INTENTREC_DATA).
 
-Helper functions live in the package ``tests.helpers``; ``require_data`` and ``fixture_data`` are
-also importable from here for the modules that still import them from ``conftest``.
+Helper functions live in the package ``tests.helpers`` (``from tests.helpers.data import ...``).
 """
 
 from __future__ import annotations
@@ -11,9 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.data import FIXTURES, fixture_data, require_data
-
-__all__ = ["fixture_data", "require_data"]
+from tests.helpers.data import FIXTURES
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

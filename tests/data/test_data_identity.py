@@ -7,11 +7,11 @@ import json
 import shutil
 
 import pytest
-from conftest import fixture_data
 
 from intentrec.data.identity import DatasetIdentity, fingerprint
 from intentrec.data.prepare import prepare_dataset
 from intentrec.errors import DataError
+from tests.helpers.data import fixture_data
 
 DATA = fixture_data()
 TINY = dict(min_item_support=1, min_session_length=2, test_fraction=0.3, valid_fraction=0.5)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fixture_data, require_data
 
 from intentrec.data.loaders import load_source, locate_inputs
 from intentrec.errors import DataError
+from tests.helpers.data import fixture_data, require_data
 
 DATA = fixture_data()
 

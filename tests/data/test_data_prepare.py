@@ -11,13 +11,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import fixture_data, require_data
 from typer.testing import CliRunner
 
 from intentrec.cli.main import app
 from intentrec.data import PreparedDataset
 from intentrec.data.prepare import prepare_dataset, resolve_config, run_prepare
 from intentrec.errors import ConfigError, DataError
+from tests.helpers import child_env
+from tests.helpers.data import fixture_data, require_data
 
 DATA = fixture_data()
 TINY = dict(min_item_support=1, min_session_length=2, test_fraction=0.3, valid_fraction=0.5)
@@ -312,7 +313,7 @@ def test_cli_flags_override_protocol(tmp_path):
 
 @pytest.mark.slow  # a fresh interpreter imports the whole CLI (about 10 s on 2 shared cores)
 def test_cli_errors_are_one_line_exit_2(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = child_env()
     proc = subprocess.run(
         [
             sys.executable,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import fixture_data
 
 from intentrec.data.loaders import (
     LOADERS,
@@ -15,6 +14,7 @@ from intentrec.data.loaders import (
 )
 from intentrec.data.prepare import resolve_config
 from intentrec.errors import DataError
+from tests.helpers.data import fixture_data
 
 DATA = fixture_data()
 FIXTURE_OF = {
