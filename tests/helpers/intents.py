@@ -36,20 +36,22 @@ SESSIONS = {"train": [[1, 2, 3], [4, 6, 7, 1]], "valid": [[2, 4]], "test": [[5, 
 LLM = {"backend": "llamacpp", "model": "fake.gguf", "model_sha256": "f" * 64}
 
 
-def make_tiny_bert(folder: Path) -> Path:
-    """A one-layer BERT over :data:`VOCAB` (hidden size 16) saved in ``folder``; skips without transformers."""
+def make_tiny_bert(folder: Path, seed: int = 1, vocab: list[str] | None = None) -> Path:
+    """A randomly initialised one-layer BERT (hidden size 16) over ``vocab`` (default :data:`VOCAB`),
+    saved in ``folder`` like a hub model; skips without transformers."""
+    vocab = VOCAB if vocab is None else vocab
     transformers = pytest.importorskip("transformers")
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     transformers.BertTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     config = transformers.BertConfig(
-        vocab_size=len(VOCAB),
+        vocab_size=len(vocab),
         hidden_size=16,
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=32,
     )
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     transformers.BertModel(config).save_pretrained(folder)
     return folder
 

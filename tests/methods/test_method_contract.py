@@ -11,21 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from intentrec.data.batch import SessionBatch
 from intentrec.errors import DataError
-from intentrec.models.methods import METHODS, FeatureTable, build_method
-from intentrec.models.methods.registry import load_all as load_methods
-from intentrec.models.registry import BACKBONES, build_backbone
-from intentrec.models.registry import load_all as load_backbones
+from intentrec.models.methods import METHODS, FeatureTable
+from intentrec.models.registry import BACKBONES
+from tests.helpers.models import batch, build, synthetic_tables
 from tests.helpers.tiny_dataset import write_tiny_dataset
 
-load_methods()
-load_backbones()
-TEXT_DIM = 12
 PAIRS = [(m, b) for m in METHODS.names() for b in BACKBONES.names()]
-SESSIONS = [[3], [1, 2], [5, 9, 4], [12, 3, 8, 30], [6, 6, 2], [10, 11, 12, 13, 14]]
-TARGETS = [4, 3, 11, 1, 14, 15]
-EXAMPLE_IDS = [0, 7, 3, 42, 5, 11]
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -36,28 +28,8 @@ def tiny_dataset(tmp_path_factory):
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny_dataset"))
 
 
-def synthetic_tables(method, ids=None, seed: int = 0, present=None) -> dict[str, FeatureTable]:
-    rng = np.random.default_rng(seed)
-    ids = np.arange(64) if ids is None else ids
-    tables = {}
-    for name in method.feature_names():
-        vectors = rng.normal(size=(len(ids), TEXT_DIM)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        tables[name] = FeatureTable(ids, vectors, np.ones(len(ids), bool) if present is None else present)
-    return tables
-
-
 def make(method_name: str, backbone_name: str, dataset, seed: int = 0):
-    torch.manual_seed(seed)
-    backbone = build_backbone(backbone_name, dataset.num_items, {})
-    backbone.prepare(dataset)
-    method = build_method(method_name, backbone, {})
-    method.attach(synthetic_tables(method))
-    return method
-
-
-def batch() -> SessionBatch:
-    return SessionBatch.from_lists(SESSIONS, targets=TARGETS, example_ids=EXAMPLE_IDS)
+    return build(f"{method_name}({backbone_name})", dataset, seed)
 
 
 @pytest.mark.parametrize("method_name,backbone_name", PAIRS)

@@ -66,6 +66,14 @@ class CandidateSpec:
     def path(self, dataset_dir: str | Path) -> Path:
         return Path(self.given) if self.given else candidates_path(dataset_dir, self.model, self.folds, self.leaky)
 
+    def missing(self, dataset_dir: str | Path) -> DataError:
+        """The error for a missing file: which command builds it."""
+        return DataError(
+            f"the candidate file this run reads is missing; build it first with\n  {self.build_command(dataset_dir)}\n"
+            "(the experiment runner builds it by itself), or give one with method.candidates_file",
+            path=self.path(dataset_dir),
+        )
+
     def build_command(self, dataset_dir: str | Path) -> str:
         """The command line that builds this file."""
         parts = [f"intentrec candidates {dataset_dir} --model {self.model} --folds {self.folds} --top {self.top}"]

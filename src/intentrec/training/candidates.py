@@ -120,13 +120,8 @@ def require_candidates(dataset_dir: str | Path, spec: CandidateSpec) -> None:
     if spec.given:
         return
     path = spec.path(dataset_dir)
-    command = spec.build_command(dataset_dir)
     if not path.is_file():
-        raise DataError(
-            f"the candidate file this run reads is missing; build it first with\n  {command}\n"
-            "(the experiment runner builds it by itself)",
-            path=path,
-        )
+        raise spec.missing(dataset_dir)
     expected = _file_settings(
         dataset_fingerprint(dataset_dir),
         spec.model,
@@ -142,7 +137,7 @@ def require_candidates(dataset_dir: str | Path, spec: CandidateSpec) -> None:
         differ = sorted(k for k in set(expected) | set(stored or {}) if (stored or {}).get(k) != expected.get(k))
         raise DataError(
             f"the candidate file was built with other settings ({', '.join(differ)} differ) than this run "
-            f"declares; rebuild it with\n  {command}",
+            f"declares; rebuild it with\n  {spec.build_command(dataset_dir)}",
             path=path,
         )
 

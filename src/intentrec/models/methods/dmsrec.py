@@ -46,7 +46,6 @@ from torch import nn
 
 from intentrec.data.batch import SessionBatch
 from intentrec.data.candidates import CandidateSpec, read_provenance
-from intentrec.errors import DataError
 from intentrec.models.base import Backbone, BackboneOutput
 from intentrec.models.features import FeatureTable
 from intentrec.models.methods.base import Method, MethodConfig, TextSourceConfig
@@ -157,12 +156,7 @@ class DMsRec(Method):
             leaky = info.get("leaky", "unknown (no provenance file)")
             return path, {"file": cfg.candidates_file, "leaky": leaky, "given": True, "runs": _scored_by(info)}
         if not path.is_file():
-            raise DataError(
-                "LLM-DMsRec's candidate file is missing; build it first with\n  "
-                + spec.build_command(dataset.path)
-                + "\n(the experiment runner builds it by itself), or give one with method.candidates_file",
-                path=path,
-            )
+            raise spec.missing(dataset.path)
         return path, {
             "file": str(path),
             "leaky": cfg.leaky_candidates,
