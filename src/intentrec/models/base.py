@@ -254,9 +254,13 @@ class Backbone(SessionModel):
             return self.embed_id_items(indices)
         return F.embedding(indices, F.pad(self.item_vectors(), (0, 0, 1, 0)))
 
+    def scoring_table(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Item vectors ``[n, d']`` → the table scores are taken against (default: as they are; NISER
+        normalises). A method that builds its own item table (a fusion) passes it through this."""
+        return vectors
+
     def item_table(self) -> torch.Tensor:
-        """The scoring table: ``item_vectors()`` (a backbone may post-process it, e.g. NISER normalises)."""
-        return self.item_vectors()
+        return self.scoring_table(self.item_vectors())
 
     def set_item_transform(self, transform: nn.Module | None) -> None:
         """Use ``transform(id_table)`` as the item table everywhere (its parameters train with the model)."""
@@ -273,11 +277,16 @@ class Backbone(SessionModel):
         table.copy_(values)
 
     # ---------------------------------------------------------------- scoring
-    def score(self, output: BackboneOutput) -> torch.Tensor:
-        """Scores ``[B, num_items]`` over all items. Default: dot product with the item table."""
+    def score_with(self, output: BackboneOutput, table: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, n]`` of ``output`` against an item ``table`` ``[n, d]`` the way this backbone
+        scores (default: dot product; NISER: scaled cosine; TAGNN adds its target attention)."""
         # F.linear rather than ``session @ table.t()``: the same numbers, ~7% faster SR-GNN training
         # steps on CPU (measured), since the backward pass writes the table's gradient untransposed.
-        return F.linear(output.session, self.item_table())
+        return F.linear(output.session, table)
+
+    def score(self, output: BackboneOutput) -> torch.Tensor:
+        """Scores ``[B, num_items]`` over all items, against ``item_table()``."""
+        return self.score_with(output, self.item_table())
 
     def loss(self, batch: SessionBatch) -> torch.Tensor:
         """Training loss: cross-entropy over all items (the setting of every paper we reproduce)."""
@@ -285,15 +294,21 @@ class Backbone(SessionModel):
             raise ValueError("loss() needs a batch with targets")
         return self.score_loss(self.encode(batch), batch.targets)
 
-    def score_loss(self, output: BackboneOutput, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of ``score(output)`` against ``targets`` (column indices).
+    def score_loss_with(self, output: BackboneOutput, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``score_with(output, table)`` against ``targets`` (column indices).
 
-        Fused with the scoring when ``score`` is the default dot product; a subclass that overrides
-        ``score`` gets the plain (unfused) loss unless it overrides this too.
+        Fused with the scoring when ``score_with`` is the default dot product; a subclass that
+        overrides ``score_with`` gets the plain (unfused) loss unless it overrides this too.
         """
-        if type(self).score is Backbone.score:
-            return linear_cross_entropy(output.session, self.item_table(), targets)
-        return F.cross_entropy(self.score(output), targets)
+        if type(self).score_with is Backbone.score_with:
+            return linear_cross_entropy(output.session, table, targets)
+        return F.cross_entropy(self.score_with(output, table), targets)
+
+    def score_loss(self, output: BackboneOutput, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``score(output)`` against ``targets``."""
+        if type(self).score is not Backbone.score:  # a subclass that scores its own way
+            return F.cross_entropy(self.score(output), targets)
+        return self.score_loss_with(output, self.item_table(), targets)
 
     # ---------------------------------------------------------------- checkpoints
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch's hook

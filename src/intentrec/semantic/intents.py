@@ -35,6 +35,7 @@ from intentrec.errors import DataError, IntentrecError
 from intentrec.io import atomic_path, write_json
 from intentrec.semantic.embedding_cache import CacheReport, encode_cached
 from intentrec.semantic.encoders import TextEncoder
+from intentrec.semantic.item_texts import DEFAULT_TEMPLATE, item_texts
 from intentrec.semantic.localization import Method, localize
 from intentrec.semantic.parsing import ParsedAnswer
 from intentrec.semantic.prompts import get_template
@@ -45,17 +46,18 @@ SPLIT_CHOICES = (*schema.SPLITS, "all")
 _REPORT_IDS = 20  # example ids listed per coverage category
 
 
-def catalogue_texts(dataset: PreparedDataset) -> tuple[list[str], int]:
-    """The text of each item by column (title, or ``item <id>``) and how many had no title."""
-    titles = dataset.titles()
-    ids = dataset.item_ids()
-    texts = [t if t and t.strip() else f"item {i}" for t, i in zip(titles, ids)]
-    return texts, sum(1 for t in titles if not (t and t.strip()))
+def catalogue_texts(dataset: PreparedDataset, template: str = DEFAULT_TEMPLATE) -> tuple[list[str], int]:
+    """The text of each item by column under ``template`` (default: title, or ``item <id>``) and how
+    many items had none."""
+    return item_texts(dataset, template)
 
 
-def catalogue_paths(dataset_dir: str | Path, encoder_key: str) -> tuple[Path, Path]:
+def catalogue_paths(dataset_dir: str | Path, encoder_key: str, template: str = DEFAULT_TEMPLATE) -> tuple[Path, Path]:
     folder = Path(dataset_dir) / SEMANTIC_DIR
-    return folder / f"items.{encoder_key}.npy", folder / f"items.{encoder_key}.json"
+    stem = (
+        f"items.{encoder_key}" if template == DEFAULT_TEMPLATE else f"items.{template.replace('/', '-')}.{encoder_key}"
+    )
+    return folder / f"{stem}.npy", folder / f"{stem}.json"
 
 
 @dataclass
@@ -80,12 +82,14 @@ def embed_catalogue(
     batch_size: int = 64,
     cache_root: str | Path | None = None,
     force: bool = False,
+    template: str = DEFAULT_TEMPLATE,
 ) -> CatalogueEmbeddings:
-    """Embeddings of every item's text, written to / reused from ``semantic/items.<enc>.npy``."""
+    """Embeddings of every item's text (``template``, :mod:`intentrec.semantic.item_texts`), written to /
+    reused from ``semantic/items[.<template>].<enc>.npy``."""
     dataset = PreparedDataset(dataset_dir)
-    texts, untitled = catalogue_texts(dataset)
+    texts, untitled = catalogue_texts(dataset, template)
     key = encoder.identity_key()
-    npy_path, json_path = catalogue_paths(dataset_dir, key)
+    npy_path, json_path = catalogue_paths(dataset_dir, key, template)
     expected = {
         "encoder": encoder.identity(),
         "encoder_key": key,
@@ -109,7 +113,10 @@ def embed_catalogue(
         **expected,
         "dim": int(vectors.shape[1]),
         "untitled_items": untitled,
-        "text_rule": "title, or 'item <item_id>' when the item has no title",
+        "template": template,
+        "text_rule": "title, or 'item <item_id>' when the item has no title"
+        if template == DEFAULT_TEMPLATE
+        else f"item text template {template} (intentrec.semantic.item_texts)",
         "row_order": "row c is item index c+1",
         "encoded_texts": report.encoded,
         "encode_seconds": round(seconds, 3),

@@ -55,8 +55,8 @@ class NISER(SRGNN):
         self.position = nn.Embedding(config.max_positions, config.embedding_dim) if config.positions else None
         self.reset_parameters()  # again, now that the position table exists
 
-    def item_table(self) -> torch.Tensor:
-        return F.normalize(super().item_table(), dim=1)
+    def scoring_table(self, vectors: torch.Tensor) -> torch.Tensor:
+        return F.normalize(vectors, dim=1)
 
     def encode(self, batch: SessionBatch) -> BackboneOutput:
         graph = session_graph(batch)
@@ -78,11 +78,11 @@ class NISER(SRGNN):
         session = F.normalize(self.session_vector(local, global_), dim=1)
         return BackboneOutput(session=session, vectors={"local": local, "global": global_})
 
-    def score(self, output: BackboneOutput) -> torch.Tensor:
+    def score_with(self, output: BackboneOutput, table: torch.Tensor) -> torch.Tensor:
         # Normalise again so that a session vector replaced by a method is scored the same way.
         session = F.normalize(output.session, dim=1)
-        return self.config.scale * F.linear(session, self.item_table())
+        return self.config.scale * F.linear(session, table)
 
-    def score_loss(self, output: BackboneOutput, targets: torch.Tensor) -> torch.Tensor:
+    def score_loss_with(self, output: BackboneOutput, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         session = self.config.scale * F.normalize(output.session, dim=1)
-        return linear_cross_entropy(session, self.item_table(), targets)
+        return linear_cross_entropy(session, table, targets)

@@ -72,21 +72,21 @@ class TAGNN(SRGNN):
             },
         )
 
-    def target_scores(self, output: BackboneOutput) -> torch.Tensor:
-        """``s_t(v)ᵀ v`` for every session and item, ``[B, num_items]``."""
+    def target_scores(self, output: BackboneOutput, table: torch.Tensor | None = None) -> torch.Tensor:
+        """``s_t(v)ᵀ v`` for every session and item ``v`` of ``table`` (default: the item table), ``[B, n]``."""
         states = output.extras["node_states"]
         return target_attention(
             self.target_projection(states),  # W_t h_j, [N, d]
             states,
-            self.item_table(),
+            self.item_table() if table is None else table,
             output.extras["node_session"],
             output.extras["node_counts"],
             output.session.shape[0],
             max(1, self.config.score_chunk // max(states.shape[0], 1)),
         )
 
-    def score(self, output: BackboneOutput) -> torch.Tensor:
-        return F.linear(output.session, self.item_table()) + self.target_scores(output)
+    def score_with(self, output: BackboneOutput, table: torch.Tensor) -> torch.Tensor:
+        return F.linear(output.session, table) + self.target_scores(output, table)
 
 
 class _TargetAttention(torch.autograd.Function):
