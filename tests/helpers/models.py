@@ -7,7 +7,7 @@ import torch
 
 from intentrec.data.batch import SessionBatch
 from intentrec.models.base import SessionModel
-from intentrec.models.features import FeatureTable
+from intentrec.models.features import FeatureTable, ItemFeatureTable
 from intentrec.models.methods.registry import METHODS, build_method
 from intentrec.models.methods.registry import load_all as load_methods
 from intentrec.models.registry import BACKBONES, build_backbone
@@ -36,6 +36,16 @@ def synthetic_tables(method, ids=None, seed: int = 0, present=None) -> dict[str,
     return tables
 
 
+def synthetic_item_tables(method, num_items: int, seed: int = 0) -> dict[str, ItemFeatureTable]:
+    """Random unit vectors per item for every per-item feature the method reads."""
+    rng = np.random.default_rng(seed)
+    tables = {}
+    for name in method.item_feature_names():
+        vectors = rng.normal(size=(num_items, TEXT_DIM)).astype(np.float32)
+        tables[name] = ItemFeatureTable(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    return tables
+
+
 def build(model_id: str, dataset, seed: int = 0, config: dict | None = None) -> SessionModel:
     """The model named by ``model_id``, with synthetic features for a method (no LLM, no files)."""
     torch.manual_seed(seed)
@@ -46,6 +56,7 @@ def build(model_id: str, dataset, seed: int = 0, config: dict | None = None) -> 
         return model
     wrapped = build_method(method, model, {})
     wrapped.attach(synthetic_tables(wrapped))
+    wrapped.attach_items(synthetic_item_tables(wrapped, dataset.num_items))
     return wrapped
 
 
