@@ -85,6 +85,19 @@ def test_train_evaluate_recommend(tiny_dataset, tmp_path):
     assert "'nope', 'zz'" in str(result.exception)
 
 
+def test_evaluate_with_a_rerank_stage(tiny_dataset, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    _invoke("train", tiny_dataset, "--model", TEST_BACKBONE, "--out", first, *FAST)
+    _invoke("train", tiny_dataset, "--model", "srgnn", "--out", second, *FAST)
+    report = json.loads(_invoke("evaluate", first, "--rerank-with", second, "--json"))
+    own = json.loads((first / "metrics.json").read_text())["test"]
+    assert report["metrics_before_rerank"] == own and report["reranked_by"] == str(second)
+    for k in (5, 10, 20):  # each list holds the same items, so HR@K cannot move
+        assert report["metrics"][f"HR@{k}"] == own[f"HR@{k}"]
+    assert report["metrics"] != own  # the order inside the lists did
+    assert "re-ranked by" in _invoke("evaluate", first, "--rerank-with", second)
+
+
 def test_paper_mode_is_loud(tiny_dataset, tmp_path):
     out = _invoke(
         "train", tiny_dataset, "--model", TEST_BACKBONE, "--out", tmp_path / "p", "--select-on", "test", *FAST

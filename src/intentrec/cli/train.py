@@ -47,6 +47,8 @@ EVALUATE_HELP = """Evaluate a run's best checkpoint with exact full ranking over
   intentrec evaluate runs/srgnn-s0
 
   intentrec evaluate runs/srgnn-s0 --split valid --slices --json
+
+  intentrec evaluate runs/semsr-f --rerank-with runs/niser   [dim](the "+" of SemSR: NISER re-orders each top-K)[/dim]
 """
 
 RECOMMEND_HELP = """Recommend next items for a session given as original item ids (oldest first).
@@ -202,6 +204,9 @@ def evaluate_command(
     run_dir: Path = typer.Argument(..., help="A run folder written by intentrec train."),
     split: Split = typer.Option(Split.test, "--split", help="Which split to evaluate."),
     slices: bool = typer.Option(False, "--slices", help="Also report metrics per target-popularity bucket."),
+    rerank_with: Path | None = typer.Option(
+        None, "--rerank-with", help="Re-order each top-K list with another run's model (same dataset); HR@K stays."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     data: Path | None = typer.Option(None, "--data", help="Dataset folder, if it moved since training."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
@@ -209,7 +214,8 @@ def evaluate_command(
     from intentrec.training import evaluate_run, load_run
 
     trained = load_run(run_dir, dataset_dir=data, device=device)
-    report = evaluate_run(trained, split.value, slices=slices)
+    second = None if rerank_with is None else load_run(rerank_with, dataset_dir=trained.dataset.path, device=device)
+    report = evaluate_run(trained, split.value, slices=slices, rerank_with=second)
     selection = report["checkpoint"]
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -218,7 +224,14 @@ def evaluate_command(
     if trained.paper_mode:
         console.print(Panel("PAPER MODE run: " + selection, style="bold red"))
     title = f"{trained.record['model']['name']} on {split.value} ({report['examples']} examples)"
-    console.print(metrics_table(title, {split.value: report["metrics"]}))
+    if "reranked_by" in report:
+        columns = {
+            split.value: report["metrics_before_rerank"],
+            f"re-ranked by {report['reranked_by']}": report["metrics"],
+        }
+        console.print(metrics_table(title, columns))
+    else:
+        console.print(metrics_table(title, {split.value: report["metrics"]}))
     console.print(selection)
     if slices:
         console.print(slices_table(report["slices"], list(report["metrics"])))

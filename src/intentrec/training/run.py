@@ -311,8 +311,15 @@ def load_run(
     return TrainedRun(run, record, dataset, model, trainer_cfg, dev, method_cfg)
 
 
-def evaluate_run(trained: TrainedRun, split: str, *, slices: bool = False) -> dict[str, Any]:
-    """Metrics of a loaded run's best checkpoint on ``split`` (exact full ranking), as a JSON-ready dict."""
+def evaluate_run(
+    trained: TrainedRun, split: str, *, slices: bool = False, rerank_with: TrainedRun | None = None
+) -> dict[str, Any]:
+    """Metrics of a loaded run's best checkpoint on ``split`` (exact full ranking), as a JSON-ready dict.
+
+    With ``rerank_with`` (another run on the same dataset), each top-K list is re-ordered by that
+    run's model (:mod:`intentrec.evaluation.rerank`); ``metrics`` are then the re-ranked ones and
+    ``metrics_before_rerank`` the run's own.
+    """
     from intentrec.evaluation import rank_examples
 
     cfg = trained.trainer
@@ -335,4 +342,17 @@ def evaluate_run(trained: TrainedRun, split: str, *, slices: bool = False) -> di
     }
     if slices:
         report["slices"] = ranked.sliced(trained.dataset.train_counts(), cfg.ks)
+    if rerank_with is not None:
+        from intentrec.evaluation.rerank import reranked_metrics, reranked_ranks
+
+        kept = rerank_with.model.select_examples(examples)
+        if len(kept) != len(examples):
+            raise IntentrecError(f"the re-ranking run {rerank_with.run.path} cannot score every {split} example")
+        ranks = reranked_ranks(
+            trained.model, rerank_with.model, examples, cfg.ks,
+            batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=trained.device,
+        )  # fmt: skip
+        report["metrics_before_rerank"] = report["metrics"]
+        report["metrics"] = reranked_metrics(ranks)
+        report["reranked_by"] = str(rerank_with.run.path)
     return report
