@@ -67,7 +67,8 @@ def test_scores_are_the_fused_session_against_the_fused_table(tiny):
     with torch.no_grad():
         s_m = m.backbone.encode(b).session
         session = m.w_session(torch.cat([s_m, m._text_session(b)], 1))
-        table = m.w_items(torch.cat([m.backbone.id_table, m.item_feature(TEXT)], 1))
+        w5 = torch.cat([m.w_items_id.weight, m.w_items_text.weight], 1)  # W5 acting on [I_m; I_l]
+        table = torch.cat([m.backbone.id_table, m.item_feature(TEXT)], 1) @ w5.T + m.w_items_id.bias
         torch.testing.assert_close(m(b), session @ table.T)
 
 
@@ -76,19 +77,27 @@ def test_niser_scores_the_fused_vectors_as_scaled_cosines(tiny):
     b = SessionBatch.from_lists([[3, 5, 7], [9, 2]], example_ids=[0, 1])
     with torch.no_grad():
         session = m.encode(b).session
-        table = m.w_items(torch.cat([m.backbone.item_vectors(), m.item_feature(TEXT)], 1))
+        table = m.w_items_id(m.backbone.item_vectors()) + m.w_items_text(m.item_feature(TEXT))
         expected = m.backbone.config.scale * F.normalize(session, dim=1) @ F.normalize(table, dim=1).T
         torch.testing.assert_close(m(b), expected)
+
+
+def test_one_click_sessions_keep_gradients_finite(tiny):
+    m = make(tiny).train()
+    b = SessionBatch.from_lists([[4], [9], [3, 5]], targets=[1, 2, 3], example_ids=[0, 1, 2])
+    m.loss(b).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name
 
 
 def test_the_fused_table_is_computed_once_per_training_step(tiny):
     m = make(tiny).train()
     calls = []
-    m.w_items.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    m.w_items_text.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
     b = SessionBatch.from_lists([[3, 5, 7], [9, 2], [4]], targets=[1, 2, 3], example_ids=[0, 1, 2])
     m.loss(b).backward()
     assert calls == [torch.Size([tiny.num_items, 8])]
-    assert m.w_items.weight.grad is not None and m.backbone.id_table.grad is not None
+    assert m.w_items_text.weight.grad is not None and m.backbone.id_table.grad is not None
 
 
 def test_init_with_pca_keeps_the_table_spread_and_the_text_geometry(tiny):
@@ -107,7 +116,7 @@ def test_init_with_pca_keeps_the_table_spread_and_the_text_geometry(tiny):
     projected = centred @ v[:4].T
     scale = (values.norm() / projected.norm()).item()
     torch.testing.assert_close(values, projected * scale, rtol=1e-3, atol=1e-4)
-    assert not hasattr(m, "w_items")  # -I has no fusion layers
+    assert not hasattr(m, "w_items_text")  # -I has no fusion layers
 
 
 def test_init_at_the_encoders_width(tiny):
@@ -121,6 +130,25 @@ def test_init_at_the_encoders_width(tiny):
     )
     with pytest.raises(ConfigError, match=f"set model.embedding_dim={D2}"):
         narrow.attach_items({TEXT: text_table(tiny.num_items)})
+
+
+def test_text_dim_reduces_the_item_vectors_once(tiny, monkeypatch):
+    from intentrec.models.methods import semsr as module
+
+    class Catalogue:
+        vectors = text_table(tiny.num_items, d2=12).values
+        info = {"encoder_key": "fake", "untitled_items": 0}
+        path = "fake"
+
+    monkeypatch.setattr("intentrec.semantic.intents.embed_catalogue", lambda *a, **k: Catalogue())
+    monkeypatch.setattr("intentrec.semantic.encoders.get_encoder", lambda spec: None)
+    m = build_method("semsr", build_backbone("srgnn", tiny.num_items, {"embedding_dim": 8}), {"text_dim": 4})
+    tables = m.load_item_features(tiny)
+    assert tables[TEXT].values.shape == (tiny.num_items, 4) and tables[TEXT].info["dim"] == 4
+    m.attach_items(tables)
+    assert (m.w_items_id.in_features, m.w_items_text.in_features) == (8, 4)
+    expected = module._principal_components(torch.from_numpy(Catalogue.vectors), 4)
+    torch.testing.assert_close(torch.from_numpy(tables[TEXT].values.astype(np.float32)), expected, atol=1e-3, rtol=1e-3)
 
 
 def test_item_vectors_for_another_catalogue_are_refused(tiny):

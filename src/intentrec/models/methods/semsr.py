@@ -20,6 +20,9 @@ the top-d1 principal components of ``I_l``, rescaled to the table's initial spre
 (the backbone is built at width d2, ``model.embedding_dim`` = the encoder's width, and takes ``I_l``
 as it is). LLM2SRGNN (LLM4SBR's Figure 5) is SemSR-I over SR-GNN.
 
+``text_dim`` (a speed option, not the paper's): the item vectors are reduced once, by a fixed PCA, to
+that width before anything else sees them; the fused table then costs ``n × (d1 + text_dim) × d``.
+
 Controls that test whether the *text* helps: ``control: shuffled`` gives every item the text vector
 of another item (a fixed permutation); ``control: random`` uses random unit vectors of the same width.
 """
@@ -38,6 +41,7 @@ from intentrec.data.batch import SessionBatch
 from intentrec.errors import ConfigError, DataError
 from intentrec.models.base import Backbone, BackboneOutput
 from intentrec.models.features import ItemFeatureTable
+from intentrec.models.layers import PackedTokens
 from intentrec.models.methods.base import Method, MethodConfig
 from intentrec.models.methods.registry import register_method
 from intentrec.semantic.item_texts import DEFAULT_TEMPLATE, TEMPLATES
@@ -57,6 +61,9 @@ class SemSRConfig(MethodConfig):
         "none", description="shuffled: each item gets another item's text vector; random: random unit vectors"
     )
     control_seed: int = 0
+    text_dim: int | None = Field(
+        None, ge=1, description="reduce the item vectors once (fixed PCA) to this width; None: the encoder's width"
+    )
 
     @model_validator(mode="after")
     def _known_template(self) -> SemSRConfig:
@@ -106,6 +113,9 @@ class SemSR(Method):
             "fallback": "an item without text is encoded as 'item <item_id>'",
         }
         vectors, info["control"] = self._control(vectors)
+        if cfg.text_dim is not None and cfg.text_dim < vectors.shape[1]:
+            vectors = _principal_components(torch.from_numpy(vectors), cfg.text_dim).numpy()
+            info.update(dim=cfg.text_dim, reduced="fixed PCA of the item vectors to text_dim (not trained)")
         return {TEXT: ItemFeatureTable(vectors, info=info)}
 
     def _control(self, vectors: np.ndarray) -> tuple[np.ndarray, str]:
@@ -139,7 +149,9 @@ class SemSR(Method):
         self.w_item = nn.Linear(d2, d2, bias=False).to(device)  # W2
         self.w_text = nn.Linear(2 * d2, d2).to(device)  # W3
         self.w_session = nn.Linear(d1 + d2, d).to(device)  # W4
-        self.w_items = nn.Linear(d1 + d2, d).to(device)  # W5
+        # W5 [I_m; I_l] as W5_m I_m + W5_l I_l: the same map without copying both tables into one
+        self.w_items_id = nn.Linear(d1, d).to(device)  # W5_m (and W5's bias)
+        self.w_items_text = nn.Linear(d2, d, bias=False).to(device)  # W5_l
 
     @torch.no_grad()
     def _initialise_table(self, text: torch.Tensor) -> None:
@@ -156,31 +168,33 @@ class SemSR(Method):
         else:
             if d1 > min(text.shape):
                 raise ConfigError(f"semsr init_map=pca: cannot keep {d1} components of {tuple(text.shape)} vectors")
-            centred = text - text.mean(dim=0, keepdim=True)
-            _, _, v = torch.linalg.svd(centred.double(), full_matrices=False)
-            values = (centred.double() @ v[:d1].T).float()
+            values = _principal_components(text, d1)
             # the table's initial spread (its init's std), so the optimiser sees the scale it expects
             values = values * (table.std() / values.std().clamp(min=1e-12))
         self.backbone.init_item_table(values.to(table.dtype).to(table.device))
 
     # ------------------------------------------------------------------ model
     def _text_session(self, batch: SessionBatch) -> torch.Tensor:
-        """``s_l`` ``[B, d2]`` from the session's item text vectors."""
+        """``s_l`` ``[B, d2]`` from the session's item text vectors (real clicks only, packed)."""
         text = self.item_feature(TEXT)  # [n, d2]
-        padded = F.pad(text, (0, 0, 1, 0))  # row 0: padding
-        clicks = F.embedding(batch.items, padded)  # [B, L, d2]
-        last = F.embedding(batch.last_items(), padded)  # [B, d2]
-        positions = torch.arange(batch.items.shape[1], device=batch.items.device)
-        earlier = positions.unsqueeze(0) < (batch.lengths - 1).unsqueeze(1)  # j = 1 .. |s| − 1
-        logits = self.query(torch.sigmoid(self.w_last(last).unsqueeze(1) + self.w_item(clicks))).squeeze(-1)
-        logits = logits.masked_fill(~earlier, float("-inf"))
-        alpha = torch.softmax(logits, dim=1).nan_to_num(0.0)  # a one-click session: all masked, s' = 0
-        pooled = (alpha.unsqueeze(-1) * clicks).sum(dim=1)
+        packing = PackedTokens(batch.mask)
+        items = packing.pack(batch.items)  # [T] item indices of the real clicks, row by row
+        clicks = F.embedding(items - 1, text)  # [T, d2]
+        last = clicks.index_select(0, packing.last)  # [B, d2]
+        logits = self.query(
+            torch.sigmoid(self.w_last(last).index_select(0, packing.rows) + self.w_item(clicks))
+        ).squeeze(-1)
+        earlier = torch.ones_like(items, dtype=torch.bool).index_fill_(0, packing.last, False)  # j < |s|
+        # A finite mask keeps a one-click row's softmax finite (and its gradients); zeroing the last
+        # click afterwards gives that row s' = 0 and leaves every other row's softmax as it is.
+        masked = logits.masked_fill(~earlier, torch.finfo(logits.dtype).min)
+        alpha = packing.softmax_per_row(masked).masked_fill(~earlier, 0.0)
+        pooled = packing.sum_per_row(alpha.unsqueeze(1) * clicks)
         return self.w_text(torch.cat([pooled, last], dim=1))
 
     def fused_table(self) -> torch.Tensor:
         """``I = W5 [I_m; I_l]`` through the backbone's scoring table (once per step)."""
-        fused = self.w_items(torch.cat([self.backbone.item_vectors(), self.item_feature(TEXT)], dim=1))
+        fused = self.w_items_id(self.backbone.item_vectors()) + self.w_items_text(self.item_feature(TEXT))
         return self.backbone.scoring_table(fused)
 
     def fuse(self, output: BackboneOutput, batch: SessionBatch) -> tuple[BackboneOutput, dict[str, torch.Tensor]]:
@@ -209,3 +223,10 @@ class SemSR(Method):
         if cfg.mode == "init":
             info["init_map"] = cfg.init_map
         return info
+
+
+def _principal_components(vectors: torch.Tensor, width: int) -> torch.Tensor:
+    """The centred ``vectors`` projected on their top-``width`` principal directions (float32)."""
+    centred = vectors.double() - vectors.double().mean(dim=0, keepdim=True)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return (centred @ v[:width].T).float()
