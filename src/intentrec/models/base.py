@@ -71,7 +71,7 @@ class Needs:
 class TrainingPlan:
     """The optimiser (over the model's parameter groups), its scheduler and the accumulation steps."""
 
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None: nothing to train
     scheduler: Any | None = None
     #: batches whose gradients are summed (each loss divided by this) before one optimiser step
     accumulate: int = 1

@@ -125,13 +125,13 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) ->
 def save_training_state(
     path: str | Path,
     model: SessionModel,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     scheduler: Any | None,
     bookkeeping: dict[str, Any],
 ) -> None:
     """Everything needed to continue training exactly where it stopped, in one atomic file."""
     tensors = _tensor_dict("model/", model.checkpoint_state())
-    opt = optimizer.state_dict()
+    opt = optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []}
     scalar_state: dict[str, dict[str, Any]] = {}
     for pid, entry in opt["state"].items():
         for name, value in entry.items():
@@ -153,7 +153,7 @@ def save_training_state(
 def load_training_state(
     path: str | Path,
     model: SessionModel,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     scheduler: Any | None,
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNGs; returns the bookkeeping dict."""
@@ -171,7 +171,8 @@ def load_training_state(
             opt_state.setdefault(int(pid), {})[name] = value
     for pid, entries in state["optimizer"]["scalars"].items():
         opt_state.setdefault(int(pid), {}).update(entries)
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
+    if optimizer is not None:
+        optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     restore_rng_state(tensors, state["rng"])

@@ -32,7 +32,7 @@ from intentrec.data.dataset import ExampleSet, PreparedDataset
 from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.evaluation.evaluate import evaluate_model
 from intentrec.io import append_jsonl, atomic_open, exclusive_lock, write_json
-from intentrec.models.base import BackboneConfig
+from intentrec.models.base import BackboneConfig, TrainingPlan
 from intentrec.models.build import build_session_model
 from intentrec.models.methods.base import MethodConfig
 from intentrec.models.methods.registry import build_method_config
@@ -245,7 +245,11 @@ class _Loop:
                 "examples_total": full,
             }
         self.trains = self.model.needs().trains
-        plan = self.model.training_plan(cfg, self.device)
+        trainable = any(p.requires_grad for p in self.model.parameters())
+        if self.trains and not trainable:
+            raise ConfigError(f"'{self.model.registry_name}' says it trains but has no trainable parameter")
+        # a model with nothing to learn (e.g. a similarity baseline) gets no optimiser at all
+        plan = self.model.training_plan(cfg, self.device) if trainable else TrainingPlan(optimizer=None)
         self.optimizer, self.scheduler, self.accumulate = plan.optimizer, plan.scheduler, plan.accumulate
         self.state: dict[str, Any] = {
             "epoch": 0,
@@ -277,7 +281,7 @@ class _Loop:
 
     def _epoch(self, epoch: int) -> None:
         cfg, run = self.cfg, self.run_dir
-        lr = float(self.optimizer.param_groups[0]["lr"])
+        lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else cfg.lr
         started = time.perf_counter()
         loss = self._train_one_epoch(epoch)
         train_seconds = time.perf_counter() - started

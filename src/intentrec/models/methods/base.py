@@ -17,6 +17,7 @@ copy shared by the table and the buffer, and cast per batch; integer tables keep
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -157,7 +158,8 @@ class Method(SessionModel):
         self.attach_items(self.load_item_features(dataset))
 
     def _device(self) -> torch.device:
-        return next(self.backbone.parameters()).device
+        tensors = itertools.chain(self.backbone.parameters(), self.backbone.buffers())
+        return next(tensors, torch.empty(0)).device
 
     def attach(self, tables: dict[str, FeatureTable]) -> None:
         """Make ``tables`` available to ``feature(name, example_ids)`` as dense id-indexed buffers."""
