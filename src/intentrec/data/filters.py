@@ -1,5 +1,8 @@
 """Support and length filters on sessions.
 
+Before any pass, sessions with fewer than ``min_raw_session_length`` items can be dropped once (SemSR keeps
+only "users with more than 5 reviews": 6, on sources whose sessions are user histories); default 1, off.
+
 One pass = (optionally) drop sessions shorter than L, then handle rare items (fewer than N occurrences,
 counting every click), then drop sessions shorter than L. Rare items are handled by
 
@@ -42,8 +45,11 @@ def filter_sessions(
     passes: FilterPasses = "1",
     rare_items: RareItemPolicy = "drop-items",
     drop_short_sessions_first: bool = False,
+    min_raw_session_length: int = 1,
 ) -> tuple[Sessions, FilterReport]:
     before = (len(sessions), sessions.num_interactions)
+    if min_raw_session_length > 1:
+        sessions = sessions.keep_sessions(sessions.lengths >= min_raw_session_length)
     limit = 1 if passes == "1" else _MAX_PASSES
     runs = 0
     while runs < limit:

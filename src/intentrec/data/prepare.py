@@ -37,7 +37,7 @@ from intentrec.data import schema
 from intentrec.data.augment import AugmentMode, make_examples
 from intentrec.data.dataset import PreparedDataset
 from intentrec.data.filters import FilterPasses, RareItemPolicy, filter_sessions
-from intentrec.data.loaders import RawInteractions, load_source, locate_inputs, source_defaults
+from intentrec.data.loaders import RawInteractions, check_locale, load_source, locate_inputs, source_defaults
 from intentrec.data.loaders.base import BadLinePolicy
 from intentrec.data.presets import get_preset
 from intentrec.data.sessions import Sessions, SessionStrategy, build_sessions
@@ -56,6 +56,8 @@ class PrepareConfig(Config):
     window_seconds: float = Field(300.0, gt=0)
     min_item_support: int = Field(5, ge=1)
     min_session_length: int = Field(2, ge=1)
+    #: sessions with fewer items are dropped once, before the other filters (1: off)
+    min_raw_session_length: int = Field(1, ge=1)
     filter_passes: FilterPasses = "1"
     rare_items: RareItemPolicy = "drop-items"
     drop_short_sessions_first: bool = False
@@ -67,6 +69,8 @@ class PrepareConfig(Config):
     max_sessions: int | None = Field(None, ge=1)
     seed: int = 0
     on_bad_line: BadLinePolicy = "error"
+    #: the one locale to read, for sources with several (amazon-m2); None: every locale
+    locale: str | None = None
 
     @field_validator("filter_passes", mode="before")
     @classmethod
@@ -103,6 +107,21 @@ class PrepareConfig(Config):
         return self
 
 
+#: Parameters added after datasets were first prepared, with the value that means "off". At that value
+#: they are left out of the manifest, so datasets that do not use them keep their parameters (and so
+#: their fingerprint and up-to-date check).
+_OMITTED_AT_DEFAULT: dict[str, Any] = {"min_raw_session_length": 1, "locale": None}
+
+
+def manifest_parameters(source: str, protocol: str | None, config: PrepareConfig) -> dict[str, Any]:
+    """The ``parameters`` section of the manifest: every resolved parameter, less those at "off"."""
+    values = config.model_dump()
+    for key, off in _OMITTED_AT_DEFAULT.items():
+        if values.get(key) == off:
+            values.pop(key)
+    return json.loads(json.dumps({"source": source, "protocol": protocol, **values}))
+
+
 @dataclass
 class PrepareOutcome:
     dataset: PreparedDataset
@@ -124,6 +143,8 @@ def resolve_config(source: str, protocol: str | None, params: dict[str, Any]) ->
             values.pop("test_days")  # an explicit --test-fraction replaces the preset's day cut
     values.update({k: v for k, v in params.items() if v is not None})
     config = PrepareConfig.build(values, where="prepare parameters")
+    if config.locale is not None:
+        check_locale(source, config.locale)
     if config.session is None:  # an unknown SOURCE (reported when its files are located)
         config.session = "user"
     return config
@@ -155,7 +176,7 @@ def run_prepare(
     log = log or (lambda message: None)
     out = Path(out)
     config = resolve_config(source, protocol, params)
-    parameters = json.loads(json.dumps({"source": source, "protocol": protocol, **config.model_dump()}))
+    parameters = manifest_parameters(source, protocol, config)
     inputs = [
         {"path": str(p.resolve()), "sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in locate_inputs(source, path)
@@ -166,7 +187,7 @@ def run_prepare(
     _check_replaceable(out)
 
     started = time.perf_counter()
-    raw = load_source(source, path, config.on_bad_line)
+    raw = load_source(source, path, config.on_bad_line, locale=config.locale)
     log(f"read {len(raw.events):,} interactions from {', '.join(p.name for p in raw.inputs)}")
     tables, statistics = build_tables(raw, config)
     statistics["seconds"] = round(time.perf_counter() - started, 2)
@@ -203,6 +224,7 @@ def build_tables(raw: RawInteractions, config: PrepareConfig) -> tuple[dict[str,
         passes=config.filter_passes,
         rare_items=config.rare_items,
         drop_short_sessions_first=config.drop_short_sessions_first,
+        min_raw_session_length=config.min_raw_session_length,
     )
     if len(sessions) == 0:
         raise DataError(

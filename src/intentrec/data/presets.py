@@ -98,6 +98,45 @@ PRESETS: dict[str, Preset] = {
                 "augment": "prefix",
             },
         ),
+        Preset(
+            "semsr-beauty",
+            "generic",
+            "SemSR Beauty: one session per reviewer (ordered by position); reviewers with more than 5 "
+            "reviews kept, then items < 5 and sessions < 2 dropped (one pass); 80/10/10 random split "
+            "of the reviewers (seed 0); prefix examples everywhere.",
+            {
+                "session": "given",
+                "min_raw_session_length": 6,
+                "min_item_support": 5,
+                "min_session_length": 2,
+                "filter_passes": "1",
+                "rare_items": "drop-items",
+                "split": "random",
+                "seed": 0,
+                "test_fraction": 0.1,
+                "valid_fraction": 1 / 9,  # of the 90% left after test: 10% of all sessions
+                "augment": "prefix",
+            },
+        ),
+        Preset(
+            "semsr-m2",
+            "amazon-m2",
+            "SemSR Amazon-M2 (UK): UK sessions only (one per row); items < 5 and sessions < 2 dropped "
+            "(one pass); 80/10/10 random split of the sessions (seed 0); prefix examples everywhere.",
+            {
+                "locale": "UK",
+                "session": "given",
+                "min_item_support": 5,
+                "min_session_length": 2,
+                "filter_passes": "1",
+                "rare_items": "drop-items",
+                "split": "random",
+                "seed": 0,
+                "test_fraction": 0.1,
+                "valid_fraction": 1 / 9,
+                "augment": "prefix",
+            },
+        ),
     ]
 }
 

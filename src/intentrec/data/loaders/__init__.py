@@ -20,12 +20,12 @@ from intentrec.data.loaders.registry import (
     register_loader,
     sources,
 )
-from intentrec.errors import DataError
+from intentrec.errors import ConfigError, DataError
 from intentrec.paths import data_root
 from intentrec.registry import import_modules
 
 # Modules that register a loader on import, in the order messages list them.
-_LOADER_MODULES = ("generic", "movielens", "amazon", "diginetica", "yoochoose")
+_LOADER_MODULES = ("generic", "movielens", "amazon", "diginetica", "yoochoose", "amazon_m2")
 import_modules("intentrec.data.loaders", _LOADER_MODULES)
 
 
@@ -35,10 +35,38 @@ def locate_inputs(source: str, path: str | Path) -> list[Path]:
     return loader.locate(_checked(loader, path))
 
 
-def load_source(source: str, path: str | Path, on_bad_line: BadLinePolicy = "error") -> RawInteractions:
-    """Parse the upstream files of ``source`` found at ``path`` (a folder or the main file)."""
+def load_source(
+    source: str,
+    path: str | Path,
+    on_bad_line: BadLinePolicy = "error",
+    *,
+    locale: str | None = None,
+) -> RawInteractions:
+    """Parse the upstream files of ``source`` found at ``path`` (a folder or the main file).
+
+    ``locale`` keeps one locale of a source that has several (its loader's ``locales``, e.g.
+    amazon-m2); None reads every locale.
+    """
     loader = get_loader(source)
-    return loader.load(_checked(loader, path), BadLines(on_bad_line))
+    folder = _checked(loader, path)
+    if locale is None:
+        return loader.load(folder, BadLines(on_bad_line))
+    check_locale(source, locale)
+    return loader.load(folder, BadLines(on_bad_line), locale=locale)  # type: ignore[call-arg]
+
+
+def check_locale(source: str, locale: str) -> None:
+    """A ConfigError unless ``source`` has several locales and ``locale`` is one of them."""
+    if source not in LOADERS:
+        get_loader(source)  # the unknown-SOURCE error, with every official URL
+    known = getattr(LOADERS.get(source), "locales", ())
+    if not known:
+        with_locales = [n for n in sources() if getattr(LOADERS.get(n), "locales", ())]
+        raise ConfigError(
+            f"locale applies only to sources with several locales ({', '.join(with_locales)}), not '{source}'"
+        )
+    if locale not in known:
+        raise ConfigError(f"unknown locale '{locale}' of SOURCE '{source}' (known: {', '.join(known)})")
 
 
 def source_defaults(source: str) -> dict[str, object]:
@@ -73,6 +101,7 @@ __all__ = [
     "Loader",
     "OfficialFile",
     "RawInteractions",
+    "check_locale",
     "get_loader",
     "load_source",
     "locate_inputs",
