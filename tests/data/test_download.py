@@ -59,11 +59,12 @@ class _Handler(BaseHTTPRequestHandler):
         if match and not served.ignore_range:
             start = int(match.group(1))
             if start >= len(data):
+                # recorded before the reply goes out: the client may check as soon as it has it
+                served.sent.append(0)
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(data)}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                served.sent.append(0)
                 return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -71,12 +72,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         body = data[start:]
         self.send_header("Content-Length", str(len(body)))  # always the full length
-        self.end_headers()
         cut = served.truncate.pop(name, None)
         if cut is not None:
             body = body[:cut]  # then the connection closes: a response shorter than announced
+        served.sent.append(len(body))  # before anything reaches the client, which may check at once
+        self.end_headers()
         self.wfile.write(body)
-        served.sent.append(len(body))
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass

@@ -23,11 +23,11 @@ FIXTURE_OF = {
     "amazon": "amazon-2014",
     "diginetica": "diginetica",
     "yoochoose": "yoochoose",
-}
+}  # amazon-m2's fixture is stored under another name (tests/data/test_amazon_m2.py restores and loads it)
 
 
 def test_every_source_is_one_registered_class():
-    assert sources() == ["generic", "movielens", "amazon", "diginetica", "yoochoose"]
+    assert sources() == ["generic", "movielens", "amazon", "diginetica", "yoochoose", "amazon-m2"]
     assert sorted(LOADERS.names()) == sorted(sources())
     for name in sources():
         loader = get_loader(name)
@@ -51,6 +51,7 @@ def test_keys_and_default_sessions():
         "amazon": "user",
         "diginetica": "session",
         "yoochoose": "session",
+        "amazon-m2": "session",
     }
     assert source_defaults("movielens") == {"session": "user"}
     assert source_defaults("yoochoose") == {"session": "given"}
@@ -71,12 +72,13 @@ def test_official_downloads():
         "amazon-2018",
         "diginetica",
         "yoochoose",
+        "amazon-m2",
     }
     movielens = get_loader("movielens")
     assert all(not d.needs_browser for d in movielens.downloads)
     ml1m = movielens.download("ml-1m")
     assert ml1m.folder == "movielens/ml-1m" and len(ml1m.files[0].sha256) == 64
-    for name in ("amazon", "diginetica", "yoochoose"):
+    for name in ("amazon", "diginetica", "yoochoose", "amazon-m2"):
         assert all(d.needs_browser and d.page.startswith("https://") for d in get_loader(name).downloads)
     assert get_loader("generic").download() is None
     with pytest.raises(DataError, match=r"unknown variant 'x' of SOURCE 'movielens'"):
