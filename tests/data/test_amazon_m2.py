@@ -288,6 +288,17 @@ def test_semsr_m2_end_to_end_with_the_cli(tmp_path):
     assert manifest["parameters"]["locale"] == "UK" and manifest["source"] == "amazon-m2"
 
 
+def test_the_cli_flags_reach_the_new_parameters(tmp_path):
+    out = tmp_path / "de"
+    args = ["prepare", "amazon-m2", str(M2), "--locale", "DE", "--min-item-support", "1",
+            "--min-raw-session-length", "3", "--out", str(out), "--json"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["parameters"]["locale"] == "DE" and manifest["parameters"]["min_raw_session_length"] == 3
+    assert set(pd.read_parquet(out / "items.parquet")["locale"]) == {"DE"}
+
+
 def test_new_parameters_stay_out_of_manifests_that_do_not_use_them(tmp_path):
     ds = prepare_dataset("generic", fixture_data() / "generic", tmp_path / "g", min_item_support=1)
     parameters = ds.manifest["parameters"]

@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from intentrec.data.presets import PRESETS
+
 EPILOG = """
 [bold]Examples[/bold]
 
@@ -22,7 +24,8 @@ EPILOG = """
   intentrec prepare diginetica ../shared/data/diginetica --protocol srgnn-diginetica --max-sessions 500 --out runs/data/dn
 
 SOURCES: generic (interactions.csv|.parquet + items.csv|.parquet), movielens (ml-1m, ml-100k,
-ml-latest), amazon (2014 and 2018 dumps), diginetica, yoochoose. PATH may also be relative to the
+ml-latest), amazon (2014 and 2018 dumps), diginetica, yoochoose, amazon-m2 (KDD Cup 2023 Task 1
+files; --locale UK etc.). PATH may also be relative to the
 data root ($INTENTREC_DATA or ../shared/data). See docs/data.md for every option and the presets.
 """
 
@@ -32,12 +35,10 @@ def register(app: typer.Typer) -> None:
 
 
 def prepare(
-    source: str = typer.Argument(..., help="generic, movielens, amazon, diginetica or yoochoose."),
+    source: str = typer.Argument(..., help="generic, movielens, amazon, diginetica, yoochoose or amazon-m2."),
     path: Path = typer.Argument(..., help="Folder holding the upstream files (or the main file)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the prepared dataset to."),
-    protocol: str | None = typer.Option(
-        None, help="Preset: llm4sbr-beauty, llm4sbr-ml1m, dmsrec-ml1m, srgnn-diginetica."
-    ),
+    protocol: str | None = typer.Option(None, help="Preset: " + ", ".join(PRESETS) + "."),
     session: str | None = typer.Option(
         None, help="given|user|gap|clock-bin|day-window (default: given session ids, else user)."
     ),
@@ -46,6 +47,10 @@ def prepare(
     window_seconds: float | None = typer.Option(None, help="Window for --session day-window [300]."),
     min_item_support: int | None = typer.Option(None, help="Drop items with fewer clicks [5]."),
     min_session_length: int | None = typer.Option(None, help="Drop shorter sessions [2]."),
+    min_raw_session_length: int | None = typer.Option(
+        None, help="Drop sessions shorter than this once, before the other filters (SemSR: users with > 5 reviews)."
+    ),
+    locale: str | None = typer.Option(None, help="amazon-m2: the one locale to read (DE, JP, UK, ES, FR, IT)."),
     filter_passes: str | None = typer.Option(None, help="1 or fixpoint [1]."),
     rare_items: str | None = typer.Option(
         None,
@@ -84,6 +89,8 @@ def prepare(
         "window_seconds": window_seconds,
         "min_item_support": min_item_support,
         "min_session_length": min_session_length,
+        "min_raw_session_length": min_raw_session_length,
+        "locale": locale,
         "filter_passes": filter_passes,
         "rare_items": rare_items,
         "drop_short_sessions_first": drop_short_sessions_first,
