@@ -8,10 +8,12 @@ import pytest
 
 from intentrec.errors import ConfigError, IntentrecError
 from intentrec.semantic.prompts import (
+    SYSTEM,
     FewShotExample,
     ItemText,
     PromptContext,
     get_template,
+    parse_rationale,
     prompt_text,
     template_names,
     truncate_title,
@@ -29,9 +31,23 @@ EXAMPLES = [
     ),
     FewShotExample([ItemText("Y1", "Shampoo")], ItemText("Y2", "Conditioner"), "Hair care."),
 ]
-FULL = PromptContext(session=SESSION, candidates=CANDIDATES, examples=EXAMPLES)
+RATIONALE = "The user is  painting their nails\nand wants a finishing coat."
+FULL = PromptContext(session=SESSION, candidates=CANDIDATES, examples=EXAMPLES, rationale=RATIONALE)
 
-ALL = ["dmsrec", "llm4sbr-long", "llm4sbr-normal", "llm4sbr-short", "semsr-fs", "semsr-fs-cot", "semsr-zs-cot"]
+ALL = [
+    "dmsrec",
+    "llm4sbr-long",
+    "llm4sbr-normal",
+    "llm4sbr-short",
+    "semsr-fs",
+    "semsr-fs-cot",
+    "semsr-fscot-rationale",
+    "semsr-fscot-title",
+    "semsr-zcot-rationale",
+    "semsr-zcot-title",
+    "semsr-zs-cot",
+]
+CHAINS = ["semsr-zcot-rationale", "semsr-zcot-title", "semsr-fscot-rationale", "semsr-fscot-title"]
 
 
 def test_registry_holds_every_template() -> None:
@@ -139,3 +155,79 @@ def test_prompt_text_is_canonical_json() -> None:
     text = prompt_text(messages)
     assert json.loads(text) == messages
     assert prompt_text([dict(reversed(list(m.items()))) for m in messages]) == text
+
+
+def test_semsr_fs_has_the_papers_wording() -> None:
+    template = get_template("semsr-fs")
+    system, user = (m["content"] for m in template.build(FULL))
+    assert template.version == "2"
+    assert system == "You are a helpful recommendation system for an e-commerce platform."
+    assert user.startswith("Example 1.\nSession:\n1. Mascara [ID: X1]") and "Answer: Eyeliner" in user
+    assert user.endswith(
+        "Predict the title of the next product the user will click in this session. Output only the title."
+    )
+    assert "Reasoning" not in user and "looking for" not in user  # no rationales in FS
+
+
+def test_one_call_cot_templates_keep_their_wording() -> None:
+    for name in ("semsr-zs-cot", "semsr-fs-cot"):
+        system, user = (m["content"] for m in get_template(name).build(FULL))
+        assert system == SYSTEM and get_template(name).version == "1"
+        assert user.endswith("on a line starting with 'Answer:'.")
+
+
+@pytest.mark.parametrize("name", CHAINS)
+def test_chain_templates_use_the_semsr_system_and_version_1(name: str) -> None:
+    template = get_template(name)
+    assert template.version == "1" and template.name == name
+    assert template.build(FULL)[0]["content"].startswith("You are a helpful recommendation system")
+
+
+def test_rationale_calls_ask_why_and_title_calls_show_the_rationale() -> None:
+    zr = get_template("semsr-zcot-rationale").build(PromptContext(SESSION))[1]["content"]
+    assert zr.startswith("Session:\n1. OPI") and "what the user is looking for" in zr and "Example" not in zr
+    assert zr.endswith("Output only the explanation.")
+    with pytest.raises(IntentrecError, match="rationale of the first call"):
+        get_template("semsr-zcot-title").build(PromptContext(SESSION))
+    zt = get_template("semsr-zcot-title").build(PromptContext(SESSION, rationale=RATIONALE))[1]["content"]
+    assert (
+        "3. [ID: B003]\n\nWhat the user is looking for: The user is painting their nails and wants a finishing coat."
+        in zt
+    )
+    assert zt.endswith("Output only the title.")
+    long_rationale = " ".join(f"w{i}" for i in range(100))
+    cut = get_template("semsr-zcot-title", max_rationale_words=5).build(
+        PromptContext(SESSION, rationale=long_rationale)
+    )
+    assert "looking for: w0 w1 w2 w3 w4…\n" in cut[1]["content"]
+
+
+def test_fscot_templates_show_worked_examples_with_their_rationales() -> None:
+    no_rationales = [FewShotExample(e.session, e.target) for e in EXAMPLES]
+    for name in ("semsr-fscot-rationale", "semsr-fscot-title"):
+        with pytest.raises(IntentrecError, match="examples with rationales"):
+            get_template(name).build(PromptContext(SESSION, examples=no_rationales, rationale=RATIONALE))
+    rationale_user = get_template("semsr-fscot-rationale").build(FULL)[1]["content"]
+    assert "2. Eye primer [ID: X2]\nWhat the user is looking for: Eye make-up.\n\nExample 2." in rationale_user
+    assert "Answer:" not in rationale_user  # the rationale call's examples stop at the rationale
+    title_user = get_template("semsr-fscot-title").build(FULL)[1]["content"]
+    assert "What the user is looking for: Hair care.\nAnswer: Conditioner" in title_user
+    assert "What the user is looking for: The user is painting" in title_user.rsplit("Session:", 1)[1]
+    # an example without a rationale is left out of the worked examples, not shown half-done
+    mixed = [EXAMPLES[0], FewShotExample(EXAMPLES[1].session, EXAMPLES[1].target)]
+    user = get_template("semsr-fscot-title").build(PromptContext(SESSION, examples=mixed, rationale="x"))[1]["content"]
+    assert "Answer: Eyeliner" in user and "Conditioner" not in user and "Example 2." not in user
+
+
+def test_parse_rationale() -> None:
+    assert parse_rationale("Reasoning: **The user** wants  nail\npolish.").texts == ["The user wants nail polish."]
+    assert parse_rationale("What the user is looking for: hair care").texts == ["hair care"]
+    assert parse_rationale("<|im_start|>assistant The user wants shampoo.").texts == ["The user wants shampoo."]
+    assert parse_rationale("").status == "empty" and parse_rationale(None).status == "empty"
+    assert parse_rationale("!!! ???").status == "garbage"
+    assert parse_rationale("I'm sorry, I cannot help with that.").status == "garbage"
+    assert parse_rationale("Reasoning:").status == "garbage"
+    long = parse_rationale(" ".join(f"word{i}" for i in range(500))).texts[0]
+    assert len(long) <= 601 and long.endswith("…")
+    assert get_template("semsr-zcot-rationale").parse("Rationale: skin care").texts == ["skin care"]
+    assert get_template("semsr-zcot-title").parse("Answer: Top coat").texts == ["Top coat"]

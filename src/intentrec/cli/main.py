@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "infer",
     "experiment",
     "candidates",
+    "llm_rank",
 )
 
 

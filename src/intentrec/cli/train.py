@@ -49,6 +49,8 @@ EVALUATE_HELP = """Evaluate a run's best checkpoint with exact full ranking over
   intentrec evaluate runs/srgnn-s0 --split valid --slices --json
 
   intentrec evaluate runs/semsr-f --rerank-with runs/niser   [dim](the "+" of SemSR: NISER re-orders each top-K)[/dim]
+
+  intentrec evaluate runs/niser --sample 500 --seed 0   [dim](the examples of intentrec llm-rank --sample 500 --seed 0)[/dim]
 """
 
 RECOMMEND_HELP = """Recommend next items for a session given as original item ids (oldest first).
@@ -207,6 +209,10 @@ def evaluate_command(
     rerank_with: Path | None = typer.Option(
         None, "--rerank-with", help="Re-order each top-K list with another run's model (same dataset); HR@K stays."
     ),
+    sample: int | None = typer.Option(
+        None, "--sample", help="Only a seeded random sample of N examples (the rows of infer/llm-rank --sample)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of --sample."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     data: Path | None = typer.Option(None, "--data", help="Dataset folder, if it moved since training."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
@@ -215,7 +221,7 @@ def evaluate_command(
 
     trained = load_run(run_dir, dataset_dir=data, device=device)
     second = None if rerank_with is None else load_run(rerank_with, dataset_dir=trained.dataset.path, device=device)
-    report = evaluate_run(trained, split.value, slices=slices, rerank_with=second)
+    report = evaluate_run(trained, split.value, slices=slices, rerank_with=second, sample=sample, seed=seed)
     selection = report["checkpoint"]
     if as_json:
         typer.echo(json.dumps(report, indent=2))

@@ -12,9 +12,13 @@ For one dataset split, template and model it
    generates only what is missing and never stores an answer twice.
 
 Few-shot templates get the same ``max_examples`` demonstrations for every prompt (drawn with a fixed
-seed from train-split examples), so their shared prefix is reused by the llama.cpp backend. The
-``dmsrec`` template needs each example's candidate list, given as a parquet file with columns
-``example_id`` and ``candidates`` (item indices, best first), e.g. a backbone's top-50.
+seed from train-split examples, :func:`few_shot_rows`), so their shared prefix is reused by the
+llama.cpp backend. The ``dmsrec`` template needs each example's candidate list, given as a parquet file
+with columns ``example_id`` and ``candidates`` (item indices, best first), e.g. a backbone's top-50.
+
+Two-call chains (``semsr-*-title`` after ``semsr-*-rationale``) take the first call's parsed answer per
+example id (``rationales``); templates whose demonstrations show rationales take them per train example
+id (``example_rationales``). ``intentrec.evaluation.llm_ranker`` runs those chains.
 """
 
 from __future__ import annotations
@@ -134,19 +138,30 @@ def load_candidates(path: str | Path) -> dict[int, np.ndarray]:
     return {int(e): np.asarray(c, dtype=np.int64) for e, c in zip(ids, cands) if c is not None}
 
 
-def _few_shot_examples(ds: PreparedDataset, template: PromptTemplate, item_text) -> list[FewShotExample]:
-    train = ds.examples("train")
-    lengths = train.lengths
+def few_shot_rows(ds: PreparedDataset, max_examples: int) -> np.ndarray:
+    """Positions in the train split of the few-shot demonstrations: ``max_examples`` train examples
+    with at least 2 clicks, drawn with the fixed seed ``FEW_SHOT_SEED`` (the same for every template
+    and every run on this dataset)."""
+    lengths = ds.examples("train").lengths
     eligible = np.flatnonzero(lengths >= 2)
     if len(eligible) == 0:
         raise DataError("few-shot templates need train examples with at least 2 items", path=ds.path)
-    k = min(template.options.max_examples, len(eligible))
-    rows = np.sort(np.random.default_rng(FEW_SHOT_SEED).choice(eligible, size=k, replace=False))
+    k = min(max_examples, len(eligible))
+    return np.sort(np.random.default_rng(FEW_SHOT_SEED).choice(eligible, size=k, replace=False))
+
+
+def _few_shot_examples(
+    ds: PreparedDataset, template: PromptTemplate, item_text, rationales: dict[int, str] | None = None
+) -> list[FewShotExample]:
+    train = ds.examples("train")
+    rationales = rationales or {}
     return [
         FewShotExample(
-            session=[item_text(int(i)) for i in train.prefix(int(r))], target=item_text(int(train.targets[r]))
+            session=[item_text(int(i)) for i in train.prefix(int(r))],
+            target=item_text(int(train.targets[r])),
+            rationale=rationales.get(int(train.example_ids[r])),
         )
-        for r in rows
+        for r in few_shot_rows(ds, template.options.max_examples)
     ]
 
 
@@ -159,6 +174,8 @@ def plan_prompts(
     split: str,
     rows: np.ndarray | None = None,
     candidates: dict[int, np.ndarray] | None = None,
+    rationales: dict[int, str] | None = None,
+    example_rationales: dict[int, str] | None = None,
 ) -> PromptPlan:
     examples = ds.examples(split)
     if rows is None:
@@ -169,9 +186,14 @@ def plan_prompts(
     def item_text(index: int) -> ItemText:
         return texts_by_column[index - 1]
 
-    few_shot = _few_shot_examples(ds, template, item_text) if template.needs_examples else None
+    few_shot = _few_shot_examples(ds, template, item_text, example_rationales) if template.needs_examples else None
     if template.needs_candidates and candidates is None:
         raise ConfigError(f"template '{template.name}' needs candidate lists: pass --candidates FILE.parquet")
+    if template.needs_rationale and rationales is None:
+        raise ConfigError(
+            f"template '{template.name}' is the second call of a chain and needs each example's rationale "
+            "(run it through intentrec llm-rank)"
+        )
     decoding_dict = decoding.key_dict()
     keys: list[str] = []
     messages: dict[str, list[dict[str, str]]] = {}
@@ -191,8 +213,15 @@ def plan_prompts(
                     f"example {eid}: candidate item index {int(bad[0])} is not in 1..{n_items}", path="--candidates"
                 )
             ctx_candidates = [item_text(int(c)) for c in cand]
+        rationale = None
+        if template.needs_rationale:
+            rationale = rationales.get(eid)  # type: ignore[union-attr]
+            if not rationale:
+                raise DataError(f"no rationale for example {eid}", path="rationales")
         session = [texts_by_column[i - 1] for i in prefix.tolist()]
-        msgs = template.build(PromptContext(session=session, candidates=ctx_candidates, examples=few_shot))
+        msgs = template.build(
+            PromptContext(session=session, candidates=ctx_candidates, examples=few_shot, rationale=rationale)
+        )
         text = prompt_text(msgs)
         key = answer_key(identity["backend"], identity["model_sha256"], decoding_dict, template.version, text)
         keys.append(key)
@@ -242,8 +271,14 @@ def run_inference(
     progress: bool = True,
     dry_run: bool = False,
     on_chunk: Callable[[int], None] | None = None,
+    rows: np.ndarray | None = None,
+    rationales: dict[int, str] | None = None,
+    example_rationales: dict[int, str] | None = None,
 ) -> InferReport:
-    """Generate (or reuse) an answer for every selected example; see the module docstring."""
+    """Generate (or reuse) an answer for every selected example; see the module docstring.
+
+    ``rows`` (positions in the split) selects the examples explicitly, instead of ``limit``/``sample``.
+    """
     if chunk_size < 1:
         raise ConfigError(f"chunk size must be >= 1, got {chunk_size}")
     started = time.perf_counter()
@@ -251,8 +286,21 @@ def run_inference(
     ds = PreparedDataset(dataset_dir)
     tmpl = get_template(template, **(template_options or {}))
     identity = llm.identity() if isinstance(llm, LLMBackend) else resolve_llm_identity(llm, **(llm_options or {}))
-    rows = select_rows(len(ds.examples(split)), limit=limit, sample=sample, seed=seed)
-    plan = plan_prompts(ds, tmpl, identity, decoding, split=split, rows=rows, candidates=candidates)
+    if rows is None:
+        rows = select_rows(len(ds.examples(split)), limit=limit, sample=sample, seed=seed)
+    elif limit is not None or sample is not None:
+        raise ConfigError("give either explicit rows or --limit/--sample, not both")
+    plan = plan_prompts(
+        ds,
+        tmpl,
+        identity,
+        decoding,
+        split=split,
+        rows=np.asarray(rows, dtype=np.int64),
+        candidates=candidates,
+        rationales=rationales,
+        example_rationales=example_rationales,
+    )
     fingerprint = dataset_fingerprint(dataset_dir)
     own_store = store is None
     store = store or AnswerStore()

@@ -15,11 +15,17 @@ Rules shared by every template (see docs/semantic.md):
 
 Changing the wording of a template changes its prompts (so it gets new answer-store keys); bump its
 ``version`` too, so answers linked to examples under the old wording are reported as stale.
+
+The SemSR "LLM as the recommender" baselines (``intentrec.evaluation.llm_ranker``) use ``semsr-fs`` and
+two two-call chains: ``semsr-zcot-rationale`` then ``semsr-zcot-title`` (ZCoT), and
+``semsr-fscot-rationale`` then ``semsr-fscot-title`` (FSCoT, worked examples with their rationales).
+The second call of a chain gets the first call's parsed rationale as ``PromptContext.rationale``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,6 +34,8 @@ from intentrec.errors import IntentrecError
 from intentrec.registry import Registry
 from intentrec.semantic.parsing import (
     ParsedAnswer,
+    collapse_repeats,
+    normalise_text,
     parse_multi,
     parse_rationale_then_answer,
     parse_single,
@@ -54,6 +62,8 @@ class PromptContext:
     session: list[ItemText]
     candidates: list[ItemText] | None = None
     examples: list[FewShotExample] | None = None
+    #: the first call's answer in a two-call chain (``semsr-*-title`` templates): what the user wants
+    rationale: str | None = None
 
 
 Message = dict[str, str]
@@ -67,6 +77,7 @@ class TemplateOptions(Config):
     max_candidate_title_words: int = 12
     max_examples: int = 3
     max_intents: int = 5
+    max_rationale_words: int = 60
 
 
 def truncate_title(title: str, max_words: int, max_chars: int) -> str:
@@ -110,9 +121,14 @@ class PromptTemplate:
     """Base class. Subclasses set ``name`` (via the registry), ``version`` and ``question``."""
 
     version: ClassVar[str] = "1"
+    system: ClassVar[str] = SYSTEM
     multi_intent: ClassVar[bool] = False
     needs_candidates: ClassVar[bool] = False
     needs_examples: ClassVar[bool] = False
+    #: the prompt shows a rationale (``PromptContext.rationale``) produced by an earlier call
+    needs_rationale: ClassVar[bool] = False
+    #: the few-shot examples must carry rationales (``FewShotExample.rationale``)
+    needs_example_rationales: ClassVar[bool] = False
 
     def __init__(self, options: TemplateOptions | None = None):
         self.options = options or TemplateOptions()
@@ -136,7 +152,11 @@ class PromptTemplate:
             raise IntentrecError(f"prompt template '{self.name}' needs a candidate list")
         if self.needs_examples and not ctx.examples:
             raise IntentrecError(f"prompt template '{self.name}' needs few-shot examples")
-        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": self.user_text(ctx)}]
+        if self.needs_example_rationales and not any(e.rationale for e in ctx.examples or []):
+            raise IntentrecError(f"prompt template '{self.name}' needs few-shot examples with rationales")
+        if self.needs_rationale and not (ctx.rationale or "").strip():
+            raise IntentrecError(f"prompt template '{self.name}' needs the rationale of the first call")
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user_text(ctx)}]
 
     def user_text(self, ctx: PromptContext) -> str:
         raise NotImplementedError
@@ -213,7 +233,8 @@ def _render_inline_session(items: list[ItemText], options: TemplateOptions) -> s
 
 
 class _NextTitle(PromptTemplate):
-    """SeMSR-style prompts: predict the title of the next item, optionally after a short rationale."""
+    """One-call next-title prompts with an inline ``Reasoning:`` line (``semsr-zs-cot``,
+    ``semsr-fs-cot``). The SemSR baselines use the two-call chains below instead."""
 
     with_rationale: ClassVar[bool] = False
 
@@ -250,9 +271,156 @@ class _NextTitle(PromptTemplate):
         return parse_single(answer_text)
 
 
+SEMSR_SYSTEM = "You are a helpful recommendation system for an e-commerce platform."
+SEMSR_TITLE_INSTRUCTION = (
+    "Predict the title of the next product the user will click in this session. Output only the title."
+)
+SEMSR_RATIONALE_INSTRUCTION = (
+    "In one or two sentences, explain what the user is looking for in this session and why. "
+    "Output only the explanation."
+)
+RATIONALE_LABEL = "What the user is looking for:"
+#: A parsed rationale longer than this is cut at a word boundary.
+MAX_RATIONALE_CHARS = 600
+
+_RATIONALE_PREFIX = re.compile(
+    r"^(?:reasoning|rationale|explanation|thoughts?|analysis|answer|what the user is looking for)\s*[:\-–]\s*",
+    re.I,
+)
+_RATIONALE_MARKUP = re.compile(r"\*\*|__|`+|~~|^#{1,6}\s*")
+_RATIONALE_REFUSAL = re.compile(
+    r"^(?:i'?m sorry|i am sorry|sorry|i (?:cannot|can't|can not|am unable)|as an ai)\b", re.I
+)
+_HAS_ALNUM = re.compile(r"[^\W_]", re.UNICODE)
+
+
+def parse_rationale(answer: object) -> ParsedAnswer:
+    """The first call of a two-call chain: one cleaned explanation (never raises).
+
+    Normalised like every answer (NFKC, no control characters or chat tokens), markdown and a leading
+    label ("Reasoning:", "What the user is looking for:") dropped, whitespace collapsed, loops
+    collapsed, cut to :data:`MAX_RATIONALE_CHARS`. ``garbage``: no letters or digits, or a refusal.
+    """
+    raw = answer if isinstance(answer, str) else ("" if answer is None else str(answer))
+    text = _RATIONALE_MARKUP.sub("", normalise_text(raw))
+    text = collapse_repeats(" ".join(text.split()))
+    for _ in range(2):  # "Reasoning: What the user is looking for: ..."
+        text = _RATIONALE_PREFIX.sub("", text).strip()
+    if not text:
+        return ParsedAnswer([], "garbage" if raw.strip() else "empty", raw)
+    if not _HAS_ALNUM.search(text) or _RATIONALE_REFUSAL.match(text):
+        return ParsedAnswer([], "garbage", raw)
+    if len(text) > MAX_RATIONALE_CHARS:
+        text = text[:MAX_RATIONALE_CHARS].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
+    return ParsedAnswer([text], "ok", raw)
+
+
+class _SemSRPrompt(PromptTemplate):
+    """The SemSR baselines' wording: a helpful recommendation system for an e-commerce platform that
+    predicts the title of the next product (and, in a two-call chain, first says what the user wants).
+
+    Few-shot blocks: ``Example n.`` / ``Session:`` (numbered items) / optionally
+    ``What the user is looking for: <rationale>`` / optionally ``Answer: <next title>``.
+    """
+
+    system = SEMSR_SYSTEM
+    show_example_rationales: ClassVar[bool] = False
+    show_example_targets: ClassVar[bool] = True
+
+    def rationale_text(self, text: str) -> str:
+        o = self.options
+        return truncate_title(" ".join(text.split()), o.max_rationale_words, MAX_RATIONALE_CHARS)
+
+    def shown_examples(self, ctx: PromptContext) -> list[FewShotExample]:
+        examples = list(ctx.examples or [])
+        if self.needs_example_rationales:  # a worked example without its rationale teaches nothing here
+            examples = [e for e in examples if e.rationale]
+        return examples[: self.options.max_examples]
+
+    def example_block(self, example: FewShotExample, n: int) -> str:
+        o = self.options
+        lines = [f"Example {n}.", f"Session:\n{self.render_session(example.session[-o.max_session_items :])}"]
+        if self.show_example_rationales and example.rationale:
+            lines.append(f"{RATIONALE_LABEL} {self.rationale_text(example.rationale)}")
+        if self.show_example_targets:
+            target = example.target.title or example.target.item_id
+            lines.append(f"Answer: {truncate_title(target, o.max_title_words, o.max_title_chars)}")
+        return "\n".join(lines)
+
+    def question(self, ctx: PromptContext) -> str:
+        raise NotImplementedError
+
+    def user_text(self, ctx: PromptContext) -> str:
+        parts = []
+        if self.needs_examples:
+            parts.append("\n\n".join(self.example_block(e, n) for n, e in enumerate(self.shown_examples(ctx), 1)))
+        parts.append(f"Session:\n{self.render_session(self.session_items(ctx))}")
+        parts.append(self.question(ctx))
+        return "\n\n".join(parts)
+
+
+class _SemSRTitle(_SemSRPrompt):
+    def question(self, ctx: PromptContext) -> str:
+        if self.needs_rationale:
+            return f"{RATIONALE_LABEL} {self.rationale_text(ctx.rationale or '')}\n\n{SEMSR_TITLE_INSTRUCTION}"
+        return SEMSR_TITLE_INSTRUCTION
+
+    def parse(self, answer_text: str) -> ParsedAnswer:
+        return parse_single(answer_text)
+
+
+class _SemSRRationale(_SemSRPrompt):
+    show_example_targets = False
+
+    def question(self, ctx: PromptContext) -> str:
+        return SEMSR_RATIONALE_INSTRUCTION
+
+    def parse(self, answer_text: str) -> ParsedAnswer:
+        return parse_rationale(answer_text)
+
+
 @TEMPLATES.register("semsr-fs")
-class FewShotNextTitle(_NextTitle):
+class FewShotNextTitle(_SemSRTitle):
+    """FS-LLM: a few solved sessions (session, next title), then the session; output only the title.
+
+    Version 2: the paper's wording (a helpful recommendation system for an e-commerce platform;
+    output only the title) instead of version 1's shopping assistant and ``Answer:`` line.
+    """
+
+    version = "2"
     needs_examples = True
+
+
+@TEMPLATES.register("semsr-zcot-rationale")
+class ZeroShotRationale(_SemSRRationale):
+    """ZCoT-LLM, first call: what the user is looking for in the session, and why."""
+
+
+@TEMPLATES.register("semsr-zcot-title")
+class ZeroShotTitleFromRationale(_SemSRTitle):
+    """ZCoT-LLM, second call: the next title, given the session and the first call's rationale."""
+
+    needs_rationale = True
+
+
+@TEMPLATES.register("semsr-fscot-rationale")
+class FewShotRationale(_SemSRRationale):
+    """FSCoT-LLM, first call: as ZCoT's, after example sessions shown with their rationales."""
+
+    needs_examples = True
+    needs_example_rationales = True
+    show_example_rationales = True
+
+
+@TEMPLATES.register("semsr-fscot-title")
+class FewShotTitleFromRationale(_SemSRTitle):
+    """FSCoT-LLM, second call: worked examples (session, rationale, next title), then the session
+    with the first call's rationale."""
+
+    needs_examples = True
+    needs_example_rationales = True
+    needs_rationale = True
+    show_example_rationales = True
 
 
 @TEMPLATES.register("semsr-zs-cot")
@@ -285,6 +453,7 @@ __all__ = [
     "TEMPLATES",
     "TemplateOptions",
     "get_template",
+    "parse_rationale",
     "prompt_text",
     "template_names",
 ]

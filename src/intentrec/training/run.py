@@ -312,18 +312,30 @@ def load_run(
 
 
 def evaluate_run(
-    trained: TrainedRun, split: str, *, slices: bool = False, rerank_with: TrainedRun | None = None
+    trained: TrainedRun,
+    split: str,
+    *,
+    slices: bool = False,
+    rerank_with: TrainedRun | None = None,
+    sample: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Metrics of a loaded run's best checkpoint on ``split`` (exact full ranking), as a JSON-ready dict.
 
     With ``rerank_with`` (another run on the same dataset), each top-K list is re-ordered by that
     run's model (:mod:`intentrec.evaluation.rerank`); ``metrics`` are then the re-ranked ones and
-    ``metrics_before_rerank`` the run's own.
+    ``metrics_before_rerank`` the run's own. With ``sample``, only the seeded sample of ``sample``
+    examples that ``intentrec infer`` / ``intentrec llm-rank --sample N --seed S`` use is scored.
     """
     from intentrec.evaluation import rank_examples
 
     cfg = trained.trainer
-    examples = trained.model.select_examples(trained.dataset.examples(split))
+    examples = trained.dataset.examples(split)
+    if sample is not None:
+        from intentrec.semantic.infer import select_rows
+
+        examples = examples.subset(select_rows(len(examples), limit=None, sample=sample, seed=seed))
+    examples = trained.model.select_examples(examples)
     ranked = rank_examples(
         trained.model, examples, batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=trained.device
     )
@@ -340,6 +352,8 @@ def evaluate_run(
         ),
         "metrics": ranked.metrics(cfg.ks),
     }
+    if sample is not None:
+        report["sample"] = {"sample": sample, "seed": seed, "example_ids": ranked.example_ids.tolist()}
     if slices:
         report["slices"] = ranked.sliced(trained.dataset.train_counts(), cfg.ks)
     if rerank_with is not None:
