@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from _common import REPO, add_malloc_tuning_flag, beauty_train_examples, command_line, machine, write_markdown
 
-ALL = ["gru4rec", "narm", "stamp", "sasrec", "srgnn", "gcsan", "niser", "tagnn", "gcegnn"]
+ALL = ["gru4rec", "narm", "stamp", "sasrec", "srgnn", "gcsan", "niser", "tagnn", "gcegnn", "msgat"]
 
 
 def measure(name: str, dataset, examples, steps: int, seed: int) -> dict:

@@ -21,6 +21,7 @@ _BACKBONE_MODULES = (
     "niser",
     "tagnn",
     "gcegnn",
+    "msgat",
 )
 
 
