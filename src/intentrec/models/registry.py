@@ -22,6 +22,7 @@ _BACKBONE_MODULES = (
     "tagnn",
     "gcegnn",
     "msgat",
+    "llmseqsim",
 )
 
 
