@@ -12,6 +12,12 @@ command line (``intentrec experiment``) so that any version of the library can r
 ``run`` writes ``summary.json`` (per run: the loss, valid metrics and lr of every epoch, the final
 test metrics) and prints it as a table; ``compare`` prints both side by side and exits 1 if any
 number differs in any digit. Both versions must see the same data and the same thread count.
+
+``steps`` is the quick check for the other backbones: a few Adam steps of each on the same Beauty
+batches, printing every loss and a checksum of the scores with all their digits, one line per backbone
+(run it with both versions and ``diff`` the outputs)::
+
+    python benchmarks/same_numbers.py steps --data /tmp/after/data/beauty --backbones niser tagnn gcsan stamp
 """
 
 from __future__ import annotations
@@ -137,6 +143,34 @@ def compare(args: argparse.Namespace) -> int:
     return 1 if differences else 0
 
 
+def steps(args: argparse.Namespace) -> int:
+    import torch
+
+    from intentrec.data.dataset import PreparedDataset
+    from intentrec.models.registry import build_backbone
+
+    torch.set_num_threads(args.threads)
+    dataset = PreparedDataset(args.data)
+    batches = list(dataset.examples("train").batches(100, shuffle=True, seed=1))[: args.steps]
+    for name in args.backbones:
+        torch.manual_seed(0)
+        model = build_backbone(name, dataset.num_items, {})
+        model.prepare(dataset)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        losses = []
+        for batch in batches:
+            opt.zero_grad()
+            loss = model.loss(batch)
+            loss.backward()
+            opt.step()
+            losses.append(repr(loss.item()))
+        model.eval()
+        with torch.no_grad():
+            checksum = model(batches[0]).double().sum().item()
+        print(name, "losses", " ".join(losses), "scores-sum", repr(checksum))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,8 +182,13 @@ def main() -> int:
     p_cmp = sub.add_parser("compare", help="compare two run folders' summary.json")
     p_cmp.add_argument("a")
     p_cmp.add_argument("b")
+    p_steps = sub.add_parser("steps", help="a few training steps per backbone, every loss printed")
+    p_steps.add_argument("--data", type=Path, required=True, help="a prepared dataset (e.g. the one run prepared)")
+    p_steps.add_argument("--backbones", nargs="+", default=["niser", "tagnn", "gcsan", "stamp", "srgnn"])
+    p_steps.add_argument("--steps", type=int, default=4)
+    p_steps.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    return run(args) if args.command == "run" else compare(args)
+    return {"run": run, "compare": compare, "steps": steps}[args.command](args)
 
 
 if __name__ == "__main__":
