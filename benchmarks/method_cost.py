@@ -116,13 +116,14 @@ def main() -> None:
     print("\n".join(lines))
     if args.no_write:
         return
+    data_label = f"`{args.dataset}`" if args.dataset else "Beauty (`llm4sbr-beauty` protocol)"
     text = "\n".join(
         [
             f"# Training cost: {name} over {args.backbone} alone",
             "",
             f"Produced by `{command_line()}` on {machine()}.",
             "",
-            "Both models take the same shuffled Beauty train batches (`llm4sbr-beauty` protocol), forward +",
+            f"Both models take the same shuffled train batches of {data_label}, forward +",
             "backward + Adam step, alternating blocks of "
             f"{args.block} batches in one process. Text features are precomputed (files in",
             "`DATASET/semantic/`) and only looked up inside the step.",

@@ -185,7 +185,8 @@ class Method(SessionModel):
                     f"method '{self.registry_name}': item feature '{name}' has {table.num_items} rows "
                     f"for {self.num_items} items (built for another dataset?)"
                 )
-            table.values = _buffer_values(table.values)
+            # per-item tables are small (one row per item): floats stay float32, read without a cast
+            table.values = np.ascontiguousarray(table.values, dtype=np.float32) if table.is_float else table.values
             values = torch.from_numpy(table.values)
             missing = torch.from_numpy(~table.present).view(-1, *([1] * (values.dim() - 1)))
             self.register_buffer(f"_item_{name}", values.masked_fill(missing, 0).to(device), persistent=False)
