@@ -10,9 +10,10 @@ readout). A backbone that lacks one gets this documented mapping instead of an e
 ``local`` → the embedding of the last clicked item; ``global`` → the backbone's final session vector.
 
 Features live in non-persistent buffers: they are rebuilt by ``prepare`` from the dataset's
-semantic files and never stored in checkpoints. Float tables are kept in float16 (half the memory;
-the vectors are unit-length text embeddings, so the precision loss is far below their noise), one
-copy shared by the table and the buffer, and cast per batch; integer tables keep their dtype.
+semantic files and never stored in checkpoints. Per-example float tables are kept in float16 (half
+the memory; the vectors are unit-length text embeddings, so the precision loss is far below their
+noise), one copy shared by the table and the buffer, and cast per batch; per-item float tables (one
+row per item, small) stay float32; integer tables keep their dtype.
 """
 
 from __future__ import annotations
