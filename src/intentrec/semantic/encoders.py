@@ -332,6 +332,7 @@ def masked_mean(hidden, attention_mask):
 @ENCODERS.register("hf")
 class HFEncoder(TextEncoder):
     config_class = HFEncoderConfig
+    backend_name = "hf"
 
     def __init__(self, config: HFEncoderConfig):
         self.config = config
@@ -363,13 +364,20 @@ class HFEncoder(TextEncoder):
     def identity(self) -> dict[str, Any]:
         if self._identity is None:
             self._identity = {
-                "backend": "hf",
+                "backend": self.backend_name,
                 "model": self.folder.name,
                 "weights_sha256": weights_sha256(self.folder),
                 "pooling": self.config.pooling,
                 "max_length": self.config.max_length,
             }
         return dict(self._identity)
+
+    def _batch_texts(self, texts: list[str]) -> list[str]:
+        return texts
+
+    def _pool(self, hidden, attention_mask):
+        """``[B, T, d]`` hidden states → ``[B, d]`` by the configured pooling."""
+        return hidden[:, 0] if self.config.pooling == "cls" else masked_mean(hidden, attention_mask)
 
     def encode(self, texts: list[str], *, normalize: bool = False, batch_size: int = 64) -> np.ndarray:
         import torch
@@ -382,17 +390,13 @@ class HFEncoder(TextEncoder):
             for start in range(0, len(texts), batch_size):
                 rows = order[start : start + batch_size]
                 enc = self._tokenizer(
-                    [texts[i] for i in rows],
+                    self._batch_texts([texts[i] for i in rows]),
                     padding=True,
                     truncation=True,
                     max_length=self.config.max_length,
                     return_tensors="pt",
                 ).to(self.config.device)
-                hidden = self._model(**enc).last_hidden_state
-                if self.config.pooling == "cls":
-                    pooled = hidden[:, 0]
-                else:
-                    pooled = masked_mean(hidden, enc["attention_mask"])
+                pooled = self._pool(self._model(**enc).last_hidden_state, enc["attention_mask"])
                 if normalize:
                     pooled = torch.nn.functional.normalize(pooled, dim=1)
                 out[rows] = pooled.float().cpu().numpy()

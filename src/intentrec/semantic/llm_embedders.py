@@ -37,11 +37,10 @@ from intentrec.config import Config
 from intentrec.errors import ConfigError, IntentrecError
 from intentrec.semantic.encoders import (
     ENCODERS,
+    HFEncoder,
     TextEncoder,
     _quiet_offline_environment,
-    _require_folder,
     masked_mean,
-    weights_sha256,
 )
 
 Pooling = Literal["mean", "last"]
@@ -273,15 +272,11 @@ def last_token(hidden, attention_mask):
 
 
 @ENCODERS.register("hf-lm")
-class HFLMEmbedder(TextEncoder):
-    config_class = HFLMEmbedderConfig
+class HFLMEmbedder(HFEncoder):
+    """A causal LM's hidden states (mean over real tokens, or the last real token), right padding."""
 
-    def __init__(self, config: HFLMEmbedderConfig):
-        self.config = config
-        self.folder = _require_folder(config.model)
-        self._model = None
-        self._tokenizer = None
-        self._identity: dict[str, Any] | None = None
+    config_class = HFLMEmbedderConfig
+    backend_name = "hf-lm"
 
     def _load(self) -> None:
         if self._model is not None:
@@ -305,41 +300,14 @@ class HFLMEmbedder(TextEncoder):
         self._tokenizer = tokenizer
         self._model = model.eval().to(self.config.device)
 
-    @property
-    def dim(self) -> int:  # type: ignore[override]
-        self._load()
-        return int(self._model.config.hidden_size)
-
     def identity(self) -> dict[str, Any]:
-        if self._identity is None:
-            self._identity = {
-                "backend": "hf-lm",
-                "model": self.folder.name,
-                "weights_sha256": weights_sha256(self.folder),
-                "pooling": self.config.pooling,
-                "max_length": self.config.max_length,
-                "dtype": self.config.dtype,
-            }
-        return dict(self._identity)
+        return {**super().identity(), "dtype": self.config.dtype}
 
-    def encode(self, texts: list[str], *, normalize: bool = False, batch_size: int = 64) -> np.ndarray:
-        import torch
+    def _batch_texts(self, texts: list[str]) -> list[str]:
+        return [t or " " for t in texts]  # an empty text would have no position to pool
 
-        self._load()
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch
-        with torch.no_grad():
-            for start in range(0, len(texts), batch_size):
-                rows = order[start : start + batch_size]
-                enc = self._tokenizer(
-                    [texts[i] or " " for i in rows],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.config.max_length,
-                    return_tensors="pt",
-                ).to(self.config.device)
-                hidden = self._model(**enc).last_hidden_state.float()
-                mask = enc["attention_mask"]
-                pooled = masked_mean(hidden, mask) if self.config.pooling == "mean" else last_token(hidden, mask)
-                out[rows] = pooled.cpu().numpy()
-        return l2_normalize(out) if normalize else out
+    def _pool(self, hidden, attention_mask):
+        hidden = hidden.float()
+        return (
+            masked_mean(hidden, attention_mask) if self.config.pooling == "mean" else last_token(hidden, attention_mask)
+        )
