@@ -16,7 +16,8 @@ app = typer.Typer(
         "LLM-enhanced session-based recommendation.\n\n"
         "Typical flow: intentrec prepare → intentrec train → intentrec evaluate → intentrec recommend.\n\n"
         "With an LLM method: intentrec train DATA --model srgnn --method llm4sbr (titles source), or\n"
-        "intentrec infer → intentrec train --method llm4sbr --set method.source=llm. Grids of runs:\n"
+        "intentrec infer → intentrec train --method llm4sbr --set method.source=llm. Item-level LLM\n"
+        "embeddings: --method semsr (then intentrec evaluate RUN --rerank-with RUN2). Grids of runs:\n"
         "intentrec experiment FILE.yaml."
     ),
     no_args_is_help=True,
