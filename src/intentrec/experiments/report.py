@@ -181,9 +181,13 @@ def render_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the cut-off the papers headline (HR@20 / MRR@20); the Δ column and the bar plot use it when present
+HEADLINE_K = 20
+
+
 def _top_metric_pair(metrics: list[str]) -> tuple[str, str] | None:
     ks = sorted({int(m.split("@")[1]) for m in metrics})
-    for k in reversed(ks):
+    for k in [HEADLINE_K, *reversed(ks)]:
         if f"HR@{k}" in metrics and f"MRR@{k}" in metrics:
             return f"HR@{k}", f"MRR@{k}"
     return None
