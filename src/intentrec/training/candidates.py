@@ -63,7 +63,9 @@ from intentrec.data.folds import assign_folds, column, ids_sha256, write_fold_da
 from intentrec.errors import ConfigError, DataError
 from intentrec.evaluation.evaluate import top_items
 from intentrec.io import atomic_path, exclusive_lock, write_json
+from intentrec.models.base import BackboneConfig
 from intentrec.semantic.store import dataset_fingerprint
+from intentrec.training.config import TrainerConfig
 from intentrec.training.run import build_configs, load_run
 from intentrec.training.trainer import train as train_run
 
@@ -88,15 +90,14 @@ def _settings_key(settings: dict[str, Any]) -> str:
 def _file_settings(
     fingerprint: str,
     model: str,
-    model_config: dict[str, Any] | None,
-    trainer_config: dict[str, Any] | None,
+    model_cfg: BackboneConfig,
+    trainer_cfg: TrainerConfig,
     folds: int,
     top: int,
     seed: int,
     leaky: bool,
 ) -> dict[str, Any]:
     """What a candidate file's content depends on (recorded in its provenance, compared on reuse)."""
-    _, model_cfg, trainer_cfg = build_configs(model, model_config, trainer_config)
     return {
         "format": FORMAT,
         "dataset_fingerprint": fingerprint,
@@ -122,11 +123,12 @@ def require_candidates(dataset_dir: str | Path, spec: CandidateSpec) -> None:
     path = spec.path(dataset_dir)
     if not path.is_file():
         raise spec.missing(dataset_dir)
+    _, model_cfg, trainer_cfg = build_configs(spec.model, spec.model_config, spec.trainer_config)
     expected = _file_settings(
         dataset_fingerprint(dataset_dir),
         spec.model,
-        spec.model_config,
-        spec.trainer_config,
+        model_cfg,
+        trainer_cfg,
         spec.folds,
         spec.top,
         spec.seed,
@@ -186,7 +188,7 @@ def cross_fit_candidates(
         raise ConfigError(f"candidates: folds must be >= 1, got {folds}")
     _, model_cfg, trainer_cfg = build_configs(model, model_config, trainer_config)
     fingerprint = dataset_fingerprint(dataset_dir)
-    settings = _file_settings(fingerprint, model, model_config, trainer_config, folds, top, seed, leaky)
+    settings = _file_settings(fingerprint, model, model_cfg, trainer_cfg, folds, top, seed, leaky)
     path = Path(out) if out is not None else candidates_path(dataset_dir, model, folds, leaky)
     prov_path = provenance_path(path)
     lock = path.with_name(path.name + ".lock")

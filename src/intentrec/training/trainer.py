@@ -346,20 +346,14 @@ class _Loop:
         accumulate = self.accumulate
         for step, batch in enumerate(batches, start=1):
             batch = batch.to(self.device)
-            if accumulate == 1:
+            # gradients of `accumulate` batches are summed (each loss scaled) before one step; a last
+            # partial group still steps, so no batch's gradient is dropped (accumulate=1: every batch)
+            if (step - 1) % accumulate == 0:
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = self.model.loss(batch)
-                loss.backward()
+            loss = self.model.loss(batch)
+            (loss if accumulate == 1 else loss / accumulate).backward()
+            if step % accumulate == 0 or step == num_batches:
                 self.optimizer.step()
-            else:
-                # gradients of `accumulate` batches are summed (each loss scaled) before one step;
-                # a last partial group still steps, so no batch's gradient is dropped
-                if (step - 1) % accumulate == 0:
-                    self.optimizer.zero_grad(set_to_none=True)
-                loss = self.model.loss(batch)
-                (loss / accumulate).backward()
-                if step % accumulate == 0 or step == num_batches:
-                    self.optimizer.step()
             total += loss.detach() * batch.size
             seen += batch.size
             bar.update(1)
