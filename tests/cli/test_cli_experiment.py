@@ -20,6 +20,8 @@ from intentrec import training
 from intentrec.cli.main import app
 from intentrec.data.identity import DatasetIdentity
 from intentrec.errors import IntentrecError
+from intentrec.evaluation.metrics import metrics_from_ranks
+from intentrec.experiments.significance import RANKS_KEY, decode_ranks
 from tests.helpers import child_env
 from tests.helpers.tinyrun import TEST_BACKBONE, write_tiny_dataset
 
@@ -108,6 +110,14 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
     records = _records(tmp_path / "out/records")
     assert set(records) == set(ids)
 
+    # every validation-selected record keeps its test ranks, and they give its test metrics exactly
+    for run_id in ids[:4]:
+        kept = decode_ranks(records[run_id][RANKS_KEY])
+        again = metrics_from_ranks(kept.ranks, records[run_id]["config"]["trainer"]["ks"])
+        assert again == pytest.approx(records[run_id]["test"], abs=1e-12) and kept.cap == 21
+        assert "test_ranks_warning" not in records[run_id]
+    assert RANKS_KEY not in records[ids[4]]  # paper mode: the test numbers are a maximum over epochs
+
     rec = records[ids[1]]
     manifest_sha = hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
     identity = DatasetIdentity.of(data)
@@ -169,6 +179,13 @@ def test_tiny_grid_runs_records_reports_and_resumes(tmp_path, monkeypatch):
     assert "0 to train now" in out and "trained 0 run(s)" in out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert _records(tmp_path / "out/records") == records
+
+    # a record from before ranks were kept gets them from its run folder, without training
+    legacy = tmp_path / "out/records" / f"{ids[1]}.json"
+    legacy.write_text(json.dumps({k: v for k, v in records[ids[1]].items() if k != RANKS_KEY}))
+    out = _invoke("experiment", "tiny.yaml").output
+    assert f"{ids[1]}: test ranks added to its record" in out and "0 to train now" in out
+    assert json.loads(legacy.read_text())[RANKS_KEY] == records[ids[1]][RANKS_KEY]
 
     # the same dataset prepared again (another time, another input folder): the records still count;
     # a record from before fingerprints falls back to the manifest file's sha256

@@ -141,3 +141,27 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read JSON: {exc}", path=path) from None
+
+
+def test_ranks_entry(run_dir: Path, expected: dict[str, float], ks: list[int]) -> tuple[dict[str, Any], str | None]:
+    """Each test example's target rank under a finished run's selected checkpoint, for the record.
+
+    The ranks are recomputed from the run folder and checked against the record's test metrics; the
+    second value says how they differ when more than two examples' worth (a bug, never expected).
+    """
+    from intentrec.evaluation import rank_examples
+    from intentrec.evaluation.metrics import metrics_from_ranks
+    from intentrec.experiments.significance import encode_ranks
+    from intentrec.training.run import load_run
+
+    trained = load_run(run_dir)
+    cfg = trained.trainer
+    examples = trained.model.select_examples(trained.dataset.examples("test"))
+    ranked = rank_examples(
+        trained.model, examples, batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=trained.device
+    )
+    again = metrics_from_ranks(ranked.ranks, ks)
+    slack = 2.0 / max(len(ranked.ranks), 1)
+    off = [f"{m} {again[m]:.6f} vs {v:.6f}" for m, v in expected.items() if m in again and abs(again[m] - v) > slack]
+    problem = f"test ranks recomputed from {display_path(run_dir)} disagree with the record: {', '.join(off)}"
+    return encode_ranks(ranked.example_ids, ranked.ranks, ks), (problem if off else None)

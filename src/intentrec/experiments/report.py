@@ -18,6 +18,7 @@ from typing import Any
 
 from intentrec.evaluation.report import metric_columns
 from intentrec.experiments.plan import RunSpec
+from intentrec.experiments.significance import RANKS_KEY, PairedTest, format_p, paired_test
 from intentrec.experiments.spec import ExperimentSpec, normalize_settings
 from intentrec.io import atomic_open, atomic_path
 
@@ -195,8 +196,11 @@ def _top_metric_pair(metrics: list[str]) -> tuple[str, str] | None:
 
 def _table(rows: list[Row], metrics: list[str], top: tuple[str, str] | None, multi: bool) -> list[str]:
     header = (["dataset"] if multi else []) + ["backbone", "method", "variant", "n", *metrics]
+    tested = top is not None and _has_ranks(rows)
     if top:
         header.append(f"Δ {top[0]} / {top[1]}")
+    if tested:
+        header.append(f"p {top[0]} / {top[1]}")
     header += ["epochs (best)", "s/epoch", "peak RSS MB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -209,6 +213,8 @@ def _table(rows: list[Row], metrics: list[str], top: tuple[str, str] | None, mul
         ]
         if top:
             cells.append(_delta(row, rows, top))
+        if tested:
+            cells.append(_p_cell(row, rows, top))
         cells.append(" ".join(epochs_cell(r) for r in row.records))
         cells.append(_mean_cell([r.get("train_seconds_per_epoch") for r in row.records], "{:.1f}"))
         rss = [r["peak_rss_mb"] for r in row.records if r.get("peak_rss_mb") is not None]
@@ -252,6 +258,22 @@ def _delta(row: Row, rows: list[Row], top: tuple[str, str]) -> str:
     return " / ".join(f"{row.mean_pct(m) - base.mean_pct(m):+.2f}" for m in top)
 
 
+def _has_ranks(rows: list[Row]) -> bool:
+    return any(RANKS_KEY in r for row in rows for r in row.records)
+
+
+def _paired(row: Row, rows: list[Row], top: tuple[str, str]) -> PairedTest | None:
+    base = baseline_of(row, rows)
+    if base is None or row.paper_mode:
+        return None
+    return paired_test(row.records, base.records, int(top[0].split("@")[1]))
+
+
+def _p_cell(row: Row, rows: list[Row], top: tuple[str, str]) -> str:
+    test = _paired(row, rows, top)
+    return NONE_LABEL if test is None else f"{format_p(test.p_hr)} / {format_p(test.p_mrr)}"
+
+
 def _mean_cell(values: list[Any], fmt: str) -> str:
     present = [v for v in values if v is not None]
     return fmt.format(sum(present) / len(present)) if present else NONE_LABEL
@@ -268,6 +290,15 @@ def _table_notes(rows: list[Row], top: tuple[str, str] | None) -> list[str]:
             f"`Δ {top[0]} / {top[1]}`: a method's mean minus its backbone alone (same dataset and",
             "variant, else the default variant, else the only one; same selection mode), in percentage",
             "points.",
+        ]
+    if top and _has_ranks(rows):
+        notes += [
+            f"`p {top[0]} / {top[1]}`: two-sided paired tests of a method against that same baseline over",
+            "the test examples both scored, seeds pooled (seed s of the method is paired with seed s of",
+            f"the baseline; every (seed, example) is one pair): exact McNemar test for {top[0]}, Wilcoxon",
+            f"signed-rank test on per-example reciprocal ranks for {top[1]} (zero differences dropped).",
+            f"{NONE_LABEL} where a side has no per-example ranks (records made before they were kept) or in",
+            "paper mode.",
         ]
     notes += [
         "`epochs (best)`: epochs run (selected epoch) per seed; `s/epoch`: training time per epoch",
@@ -352,10 +383,15 @@ def render_csv(report: Report) -> str:
         header += [f"{m}_mean_pct", f"{m}_std_pct"]
     header += ["epochs_run_mean", "best_epoch_mean", "train_seconds_per_epoch_mean", "peak_rss_mb_max"]
     header += ["num_parameters"]
+    rows = report.rows()
+    top = _top_metric_pair(metrics)
+    tested = top is not None and _has_ranks(rows)
+    if tested:
+        header += [f"p_{top[0]}", f"p_{top[1]}", "paired_examples"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    for row in report.rows():
+    for row in rows:
         out: list[Any] = [row.dataset, row.backbone, row.method or "", row.variant, row.paper_mode]
         out += [len(row.records), " ".join(map(str, row.seeds))]
         for m in metrics:
@@ -370,6 +406,9 @@ def render_csv(report: Report) -> str:
         out.append(max(rss) if rss else "")
         params = {r.get("num_parameters") for r in recs} - {None}
         out.append(params.pop() if len(params) == 1 else "")
+        if tested:
+            test = _paired(row, rows, top)
+            out += ["", "", ""] if test is None else [f"{test.p_hr:.3g}", f"{test.p_mrr:.3g}", test.pairs]
         writer.writerow(out)
     return buffer.getvalue()
 

@@ -27,8 +27,9 @@ from intentrec.experiments.plan import (
     run_status,
     select,
 )
-from intentrec.experiments.records import build_record, save_record
+from intentrec.experiments.records import build_record, save_record, test_ranks_entry
 from intentrec.experiments.report import Report, write_report
+from intentrec.experiments.significance import RANKS_KEY
 from intentrec.experiments.spec import ExperimentSpec, load_spec
 from intentrec.io import exclusive_lock
 
@@ -196,6 +197,7 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
         f"{to_train} to train now" + (f" (--max-runs {limit} of {len(todo)} to do)" if to_train < len(todo) else "")
     )
 
+    _backfill_test_ranks(experiment, [s for s in states if s.status == "done" and s.record], echo)
     command = options.command(experiment.spec_file)
     datasets = _Datasets(spec, echo)
     durations = [r["seconds_total"] for r in done_before if r.get("seconds_total")]
@@ -229,6 +231,7 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
                     command=command,
                     wall_seconds=time.perf_counter() - started,
                 )
+                _attach_test_ranks(record, run.run_dir(spec.runs_dir), echo)
                 save_record(run.record_path(spec.records_dir), record)
         except InUseError as exc:
             echo(f"{step}: skipped, being trained by {exc.holder}")
@@ -244,6 +247,37 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
         written = write_report(experiment.report())
     remaining = sum(s.status != "done" for s in experiment.states(selected))
     return Outcome(trained, remaining, written, busy)
+
+
+def _attach_test_ranks(record: dict[str, Any], run_dir: Path, echo: Echo) -> None:
+    """Per-example test ranks for the paired significance tests (not for paper-mode runs, whose test
+    numbers are a maximum over epochs rather than one checkpoint's)."""
+    if record.get("paper_mode"):
+        return
+    ks = list(record["config"]["trainer"]["ks"])
+    record[RANKS_KEY], problem = test_ranks_entry(run_dir, record["test"], ks)
+    if problem:
+        record["test_ranks_warning"] = problem
+        echo(f"    warning: {problem}")
+
+
+def _backfill_test_ranks(experiment: Experiment, done: list[RunState], echo: Echo) -> None:
+    """Adds test ranks to finished records made before records kept them, where the run folder is here."""
+    from intentrec.training.run import BEST
+
+    spec = experiment.spec
+    for state in done:
+        record, run = state.record, state.run
+        run_dir = run.run_dir(spec.runs_dir)
+        if record.get("paper_mode") or RANKS_KEY in record or not (run_dir / BEST).is_file():
+            continue
+        try:
+            with exclusive_lock(run_dir / RUNNER_LOCK, what=f"run {run.run_id}"):
+                _attach_test_ranks(record, run_dir, echo)
+                save_record(run.record_path(spec.records_dir), record)
+        except InUseError:
+            continue
+        echo(f"{run.run_id}: test ranks added to its record (for the significance tests)")
 
 
 def report_only(experiment: Experiment) -> tuple[Report, list[Path]]:
