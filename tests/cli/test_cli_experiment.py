@@ -235,6 +235,53 @@ def _lane_experiment(folder: Path) -> list[str]:
     return [f"tiny/{TEST_BACKBONE}/default/s{s}" for s in range(4)]
 
 
+def test_rerank_rows_are_evaluated_from_two_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_tiny_dataset(tmp_path / "data")
+    spec = {
+        "name": "rr",
+        "runs_dir": "out/runs",
+        "records_dir": "out/records",
+        "results_dir": "out/results",
+        "datasets": {"tiny": {"path": "data"}},
+        "seeds": [0],
+        "settings": {"train.epochs": 2, "train.patience": None, "model.embedding_dim": 8},
+        "grids": [
+            {"backbones": ["gru4rec"], "rerank_with": {"backbone": TEST_BACKBONE}},
+            {"backbones": [TEST_BACKBONE]},
+        ],
+    }
+    (tmp_path / "rr.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    plus, first, second = "tiny/gru4rec/default+/s0", "tiny/gru4rec/default/s0", f"tiny/{TEST_BACKBONE}/default/s0"
+    out = _invoke("experiment", "rr.yaml", "--dry-run").output
+    assert f"todo  {plus}  [re-ranked by {second}; evaluation only]" in out
+
+    # the + row waits until the run that re-ranks has finished (here: not selected)
+    out = _invoke("experiment", "rr.yaml", "--only", "*/gru4rec/*", "--threads", "1", "--no-progress").output
+    assert f"{plus}: waits for {second} (not finished yet)" in out
+    assert set(_records(tmp_path / "out/records")) == {first}
+
+    out = _invoke("experiment", "rr.yaml", "--threads", "1", "--no-progress").output
+    assert f"{plus}: re-ranking the test lists of {first} by {second}" in out
+    records = _records(tmp_path / "out/records")
+    rec = records[plus]
+    assert (rec["reranks"], rec["reranked_by"], rec["variant"]) == (first, second, "default+")
+    assert rec["settings"]["rerank"] == {"of": first, "with": second}
+    expected = json.loads(
+        _invoke("evaluate", f"out/runs/{first}", "--rerank-with", f"out/runs/{second}", "--json").output
+    )
+    assert rec["test"] == pytest.approx(expected["metrics"], abs=1e-12)
+    for k in (5, 10, 20):  # HR@K is the re-ranked run's by construction
+        assert rec["test"][f"HR@{k}"] == records[first]["test"][f"HR@{k}"]
+    kept = decode_ranks(rec[RANKS_KEY])
+    assert kept.cap == 21 and metrics_from_ranks(kept.ranks, [20])["MRR@20"] == pytest.approx(rec["test"]["MRR@20"])
+    md = (tmp_path / "out/results/rr.md").read_text()
+    assert "| gru4rec | — | default+ |" in md
+
+    out = _invoke("experiment", "rr.yaml", "--dry-run").output
+    assert "3 runs — 3 done, 0 to run, 0 stale" in out
+
+
 def test_a_run_another_process_is_training_is_skipped_not_trained_twice(tmp_path, monkeypatch):
     import os
 

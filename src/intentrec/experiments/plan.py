@@ -25,6 +25,10 @@ from intentrec.experiments.spec import (
 NEUTRAL_TRAIN_FIELDS = frozenset({"num_threads", "device", "eval_batch_size"})
 
 Status = Literal["done", "todo", "stale"]
+#: the settings section of an evaluation-only row: {"of": run id re-ranked, "with": run id re-ranking}
+RERANK_SECTION = "rerank"
+#: appended to the variant of the re-ranked run
+RERANK_SUFFIX = "+"
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,14 @@ class RunSpec:
     method: str | None
     variant: str
     seed: int
-    settings: Settings  # {"model": {...}, "train": {... "seed": seed}, ["method": {...}]}
+    settings: Settings  # {"model": {...}, "train": {... "seed": seed}, ["method": {...}], ["rerank": {...}]}
     order: int  # position in the expanded grid (report order)
+
+    @property
+    def rerank(self) -> tuple[str, str] | None:
+        """(run re-ranked, run re-ranking) for an evaluation-only ``+`` row, else None."""
+        section = self.settings.get(RERANK_SECTION)
+        return (section["of"], section["with"]) if section else None
 
     @property
     def group(self) -> tuple[str, str, str | None, str]:
@@ -91,7 +101,25 @@ def expand(spec: ExperimentSpec) -> list[RunSpec]:
                             run = _run(dataset, backbone, method, variant, seed, settings, len(runs))
                             where = f"grids[{i}] (variant '{variant}')"
                             _add(runs, origin, run, where)
+                            if grid.rerank_with is not None and not run.paper_mode:
+                                _add(runs, origin, _rerank_run(run, grid.rerank_with, len(runs)), where)
+    for run in runs.values():
+        if run.rerank and run.rerank[1] not in runs:
+            raise ConfigError(
+                f"{origin[run.run_id]}: rerank_with names run {run.rerank[1]}, which the grid does not define"
+            )
     return list(runs.values())
+
+
+def _rerank_run(run: RunSpec, by: Any, order: int) -> RunSpec:
+    method = None if by.method == NO_METHOD else by.method
+    other = make_run_id(run.dataset, by.backbone, method, by.variant, run.seed)
+    if other == run.run_id:
+        raise ConfigError(f"run {run.run_id} cannot re-rank its own lists (rerank_with names the same row)")
+    variant = run.variant + RERANK_SUFFIX
+    settings = {**run.settings, RERANK_SECTION: {"of": run.run_id, "with": other}}
+    run_id = make_run_id(run.dataset, run.backbone, run.method, variant, run.seed)
+    return RunSpec(run_id, run.dataset, run.backbone, run.method, variant, run.seed, settings, order)
 
 
 def _run(
@@ -136,7 +164,8 @@ def execution_order(runs: list[RunSpec]) -> list[RunSpec]:
     for run in runs:
         position = per_group.get(run.group, 0)
         per_group[run.group] = position + 1
-        keyed.append(((position, rank[run.seed], run.order), run))
+        # evaluation-only rows come after the trainings they need
+        keyed.append(((run.rerank is not None, position, rank[run.seed], run.order), run))
     return [run for _, run in sorted(keyed, key=lambda item: item[0])]
 
 
@@ -192,7 +221,7 @@ def check_settings(runs: list[RunSpec]) -> dict[str, str]:
             continue
         seen.add(key)
         try:
-            build_configs(run.backbone, run.settings["model"], run.settings["train"])
+            build_configs(run.backbone, run.settings["model"], run.settings["train"], run.method)
         except ConfigError as exc:
             raise ConfigError(f"run {run.run_id}: {exc}") from None
         if run.method is None or run.method in unavailable:

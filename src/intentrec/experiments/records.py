@@ -17,6 +17,7 @@ from typing import Any
 
 from intentrec import __version__
 from intentrec.data.identity import DatasetIdentity
+from intentrec.errors import IntentrecError
 from intentrec.experiments.plan import RunSpec
 from intentrec.io import write_json
 
@@ -165,3 +166,53 @@ def test_ranks_entry(run_dir: Path, expected: dict[str, float], ks: list[int]) -
     off = [f"{m} {again[m]:.6f} vs {v:.6f}" for m, v in expected.items() if m in again and abs(again[m] - v) > slack]
     problem = f"test ranks recomputed from {display_path(run_dir)} disagree with the record: {', '.join(off)}"
     return encode_ranks(ranked.example_ids, ranked.ranks, ks), (problem if off else None)
+
+
+def build_rerank_record(
+    run: RunSpec,
+    first: dict[str, Any],
+    second: dict[str, Any],
+    run_dirs: Any,
+    *,
+    command: str,
+    wall_seconds_started: float,
+) -> dict[str, Any]:
+    """The record of an evaluation-only ``+`` row: ``first``'s test top-K lists re-ordered by ``second``.
+
+    Training figures (epochs, time, memory) are the re-ranked run's; the test metrics are recomputed
+    from both checkpoints (:mod:`intentrec.evaluation.rerank`), HR@K unchanged by construction.
+    """
+    from intentrec.evaluation.rerank import reranked_metrics, reranked_ranks
+    from intentrec.experiments.report import HEADLINE_K
+    from intentrec.experiments.significance import RANKS_KEY, encode_ranks
+    from intentrec.training.run import load_run
+
+    first_dir, second_dir = run_dirs
+    trained, other = load_run(first_dir), load_run(second_dir)
+    cfg = trained.trainer
+    examples = trained.model.select_examples(trained.dataset.examples("test"))
+    if len(other.model.select_examples(examples)) != len(examples):
+        raise IntentrecError(f"run {second['run_id']} cannot score every test example of run {first['run_id']}")
+    ranks = reranked_ranks(
+        trained.model, other.model, examples, cfg.ks,
+        batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=trained.device,
+    )  # fmt: skip
+    record = {k: v for k, v in first.items() if k not in (RANKS_KEY, "test_ranks_warning")}
+    record.update(
+        run_id=run.run_id,
+        variant=run.variant,
+        settings=run.settings,
+        command=command,
+        selection=f"{first['selection']}; its test top-K lists re-ranked by {second['run_id']}",
+        test=reranked_metrics(ranks),
+        reranks=first["run_id"],
+        reranked_by=second["run_id"],
+        wall_seconds=round(time.perf_counter() - wall_seconds_started, 3),
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        library_version=__version__,
+        machine=machine(),
+    )
+    # the paired tests use the headline cut-off's re-ordered list (each K has its own list)
+    k = HEADLINE_K if HEADLINE_K in ranks else max(ranks)
+    record[RANKS_KEY] = encode_ranks(examples.example_ids, ranks[k], [k])
+    return record

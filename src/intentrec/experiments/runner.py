@@ -27,7 +27,7 @@ from intentrec.experiments.plan import (
     run_status,
     select,
 )
-from intentrec.experiments.records import build_record, save_record, test_ranks_entry
+from intentrec.experiments.records import build_record, build_rerank_record, save_record, test_ranks_entry
 from intentrec.experiments.report import Report, write_report
 from intentrec.experiments.significance import RANKS_KEY
 from intentrec.experiments.spec import ExperimentSpec, load_spec
@@ -145,6 +145,8 @@ def describe(experiment: Experiment, options: RunOptions, echo: Echo = print) ->
         mark = {"done": "done ", "todo": "todo ", "stale": "STALE"}[state.status]
         extra = f"  (record has other settings: {'; '.join(state.problems)})" if state.problems else ""
         paper = "  [PAPER MODE]" if state.run.paper_mode else ""
+        if state.run.rerank:
+            paper = f"  [re-ranked by {state.run.rerank[1]}; evaluation only]"
         echo(f"  {mark} {state.run.run_id}{paper}{extra}")
     todo = [s.run for s in states if s.status == "todo"]
     if options.max_runs is not None and todo:
@@ -215,6 +217,15 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
                 if experiment.state(run).status == "done":
                     echo(f"{step}: finished meanwhile by another process")
                     continue
+                if run.rerank:
+                    record = _rerank(experiment, run, command, echo, step)
+                    if record is None:
+                        continue
+                    save_record(run.record_path(spec.records_dir), record)
+                    trained.append(run.run_id)
+                    echo(f"{step}: {_summary(record)}")
+                    written = write_report(experiment.report())
+                    continue
                 eta = _eta(durations, min(len(todo) - i + 1, to_train - len(trained)), fresh=bool(trained))
                 echo(f"{step}{' [PAPER MODE]' if run.paper_mode else ''}: training{eta}")
                 dataset_dir, manifest, identity = datasets.get(run.dataset)
@@ -249,6 +260,27 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
     return Outcome(trained, remaining, written, busy)
 
 
+def _rerank(experiment: Experiment, run: RunSpec, command: str, echo: Echo, step: str) -> dict[str, Any] | None:
+    """The record of an evaluation-only row, once both runs it needs have records; else None."""
+    spec = experiment.spec
+    needed = {r.run_id: r for r in experiment.runs if r.run_id in run.rerank}
+    missing = [i for i in run.rerank if experiment.state(needed[i]).status != "done"]
+    if missing:
+        echo(f"{step}: waits for {', '.join(missing)} (not finished yet)")
+        return None
+    echo(f"{step}: re-ranking the test lists of {run.rerank[0]} by {run.rerank[1]}")
+    first, second = (experiment.state(needed[i]).record for i in run.rerank)
+    started = time.perf_counter()
+    return build_rerank_record(
+        run,
+        first,
+        second,
+        (needed[i].run_dir(spec.runs_dir) for i in run.rerank),
+        command=command,
+        wall_seconds_started=started,
+    )
+
+
 def _attach_test_ranks(record: dict[str, Any], run_dir: Path, echo: Echo) -> None:
     """Per-example test ranks for the paired significance tests (not for paper-mode runs, whose test
     numbers are a maximum over epochs rather than one checkpoint's)."""
@@ -269,7 +301,7 @@ def _backfill_test_ranks(experiment: Experiment, done: list[RunState], echo: Ech
     for state in done:
         record, run = state.record, state.run
         run_dir = run.run_dir(spec.runs_dir)
-        if record.get("paper_mode") or RANKS_KEY in record or not (run_dir / BEST).is_file():
+        if record.get("paper_mode") or run.rerank or RANKS_KEY in record or not (run_dir / BEST).is_file():
             continue
         try:
             with exclusive_lock(run_dir / RUNNER_LOCK, what=f"run {run.run_id}"):

@@ -15,6 +15,7 @@
     grids:
       - {backbones: [srgnn, gru4rec], methods: [none, llm4sbr]}
       - {backbones: [srgnn], methods: [llm4sbr], variants: {wo-au: {method.lambda_au: 0}}}
+      - {backbones: [srgnn], methods: [semsr], rerank_with: {backbone: srgnn}}   # + rows 'default+'
 
 Paths (``runs_dir``, ``records_dir``, ``results_dir``, a dataset's ``path``) are relative to the
 current directory, as with every other intentrec command: run experiments from the repository root.
@@ -117,6 +118,15 @@ class DatasetSpec(Config):
         return self
 
 
+class RerankSpec(Config):
+    """The row whose run of the same seed re-orders each run's top-K lists (``intentrec evaluate
+    RUN --rerank-with RUN2``): an evaluation-only row ``<variant>+`` next to every variant."""
+
+    backbone: str
+    method: str = NO_METHOD
+    variant: str = DEFAULT_VARIANT
+
+
 class GridSpec(Config):
     """One block of the grid: the product datasets × backbones × methods × variants × seeds."""
 
@@ -126,6 +136,9 @@ class GridSpec(Config):
     datasets: list[str] | None = Field(None, description="default: every dataset")
     seeds: list[int] | None = Field(None, description="default: the top-level seeds")
     settings: dict[str, Any] = Field(default_factory=dict)
+    rerank_with: RerankSpec | None = Field(
+        None, description="also report every run re-ranked by this row's run of the same seed (rows '<variant>+')"
+    )
 
     @field_validator("backbones", "methods")
     @classmethod
