@@ -23,6 +23,8 @@ EPILOG = """
 
   intentrec prepare diginetica ../shared/data/diginetica --protocol srgnn-diginetica --max-sessions 500 --out runs/data/dn
 
+  intentrec prepare generic ../shared/data/amazon/beauty-2014-5core --protocol llmgr-beauty --out runs/data/llmgr-beauty
+
 SOURCES: generic (interactions.csv|.parquet + items.csv|.parquet), movielens (ml-1m, ml-100k,
 ml-latest), amazon (2014 and 2018 dumps), diginetica, yoochoose, amazon-m2 (KDD Cup 2023 Task 1
 files; --locale UK etc.). PATH may also be relative to the
@@ -61,7 +63,14 @@ def prepare(
         "--drop-short-sessions-first/--no-drop-short-sessions-first",
         help="Drop short sessions before counting item support too (SR-GNN).",
     ),
-    split: str | None = typer.Option(None, help="order, time or random [order]."),
+    split: str | None = typer.Option(
+        None, help="order, time, random or leave-one-out (per session: last item test, second-to-last valid) [order]."
+    ),
+    leave_one_out: str | None = typer.Option(
+        None,
+        help="Options of --split leave-one-out: valid=true|false, short_sessions=drop|train (sessions with "
+        "< 3 items, < 2 without valid); default valid=true,short_sessions=drop, and --augment train=prefix,test=last.",
+    ),
     test_fraction: float | None = typer.Option(None, help="Share of sessions in test [0.1]."),
     valid_fraction: float | None = typer.Option(None, help="Share of train sessions carved out as valid [0.1]."),
     test_days: float | None = typer.Option(None, help="With --split time: test = sessions ending in the last N days."),
@@ -95,6 +104,7 @@ def prepare(
         "rare_items": rare_items,
         "drop_short_sessions_first": drop_short_sessions_first,
         "split": split,
+        "leave_one_out": leave_one_out,
         "test_fraction": test_fraction,
         "valid_fraction": valid_fraction,
         "test_days": test_days,

@@ -37,11 +37,25 @@ from intentrec.data import schema
 from intentrec.data.augment import AugmentMode, make_examples
 from intentrec.data.dataset import PreparedDataset
 from intentrec.data.filters import FilterPasses, RareItemPolicy, filter_sessions
-from intentrec.data.loaders import RawInteractions, check_locale, load_source, locate_inputs, source_defaults
+from intentrec.data.loaders import (
+    RawInteractions,
+    check_locale,
+    load_source,
+    locate_inputs,
+    resolve_input_path,
+    source_defaults,
+)
 from intentrec.data.loaders.base import BadLinePolicy
-from intentrec.data.presets import get_preset
+from intentrec.data.presets import check_required_inputs, get_preset
 from intentrec.data.sessions import Sessions, SessionStrategy, build_sessions
-from intentrec.data.splits import SplitMethod, SplitSizes, split_order, split_sizes
+from intentrec.data.splits import (
+    LeaveOneOutConfig,
+    SplitMethod,
+    SplitSizes,
+    leave_one_out,
+    split_order,
+    split_sizes,
+)
 from intentrec.data.text import clean_text
 from intentrec.errors import ConfigError, DataError
 from intentrec.io import sha256_file
@@ -62,6 +76,8 @@ class PrepareConfig(Config):
     rare_items: RareItemPolicy = "drop-items"
     drop_short_sessions_first: bool = False
     split: SplitMethod = "order"
+    #: options of split='leave-one-out' (None with any other split)
+    leave_one_out: LeaveOneOutConfig | None = None
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_days: float | None = Field(None, gt=0)
@@ -76,6 +92,31 @@ class PrepareConfig(Config):
     @classmethod
     def _passes_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _leave_one_out_defaults(cls, values: Any) -> Any:
+        """leave-one-out holds out one target per session: ``last`` examples in valid and test."""
+        if isinstance(values, dict) and values.get("split") == "leave-one-out":
+            values = dict(values)
+            if values.get("leave_one_out") is None:
+                values["leave_one_out"] = {}
+            if values.get("augment") is None:
+                values["augment"] = "train=prefix,test=last"
+        return values
+
+    @field_validator("leave_one_out", mode="before")
+    @classmethod
+    def _leave_one_out_options(cls, value: Any) -> Any:
+        """'valid=false,short_sessions=train' (the CLI's text) or a dict; unknown keys are errors."""
+        if isinstance(value, str):
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError(f"expected key=value pairs separated by commas, got {value!r}")
+            value = {k.strip(): v.strip() for k, v in pairs}
+        if isinstance(value, dict):
+            return LeaveOneOutConfig.build(value, where="leave-one-out options")
+        return value
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -104,13 +145,29 @@ class PrepareConfig(Config):
     def _test_days_needs_time_split(self) -> PrepareConfig:
         if self.test_days is not None and self.split != "time":
             raise ValueError("test_days applies only with split='time'")
+        if self.split != "leave-one-out":
+            if self.leave_one_out is not None:
+                raise ValueError("leave_one_out options apply only with split='leave-one-out'")
+            return self
+        if self.augment["valid"] != "last" or self.augment["test"] != "last":
+            raise ValueError(
+                "split='leave-one-out' holds out one target per session: valid and test take 'last' examples "
+                "(augment 'train=prefix,test=last' or 'last')"
+            )
+        defaults = PrepareConfig.model_fields
+        for name in ("test_fraction", "valid_fraction"):
+            if getattr(self, name) != defaults[name].default:
+                raise ValueError(
+                    f"{name} does not apply to split='leave-one-out' (every session is in every split; "
+                    "leave_one_out valid=false has no valid split)"
+                )
         return self
 
 
 #: Parameters added after datasets were first prepared, with the value that means "off". At that value
 #: they are left out of the manifest, so datasets that do not use them keep their parameters (and so
 #: their fingerprint and up-to-date check).
-_OMITTED_AT_DEFAULT: dict[str, Any] = {"min_raw_session_length": 1, "locale": None}
+_OMITTED_AT_DEFAULT: dict[str, Any] = {"min_raw_session_length": 1, "locale": None, "leave_one_out": None}
 
 
 def manifest_parameters(source: str, protocol: str | None, config: PrepareConfig) -> dict[str, Any]:
@@ -177,6 +234,8 @@ def run_prepare(
     out = Path(out)
     config = resolve_config(source, protocol, params)
     parameters = manifest_parameters(source, protocol, config)
+    if protocol:
+        check_required_inputs(get_preset(protocol), resolve_input_path(path))
     inputs = [
         {"path": str(p.resolve()), "sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in locate_inputs(source, path)
@@ -234,16 +293,32 @@ def build_tables(raw: RawInteractions, config: PrepareConfig) -> tuple[dict[str,
             path=raw.inputs[0],
         )
     positions = split_order(sessions, config.split, seed=config.seed)
+    loo = config.leave_one_out
+    if loo is not None:
+        too_short = sessions.lengths[positions] < loo.min_length
+        loo_short = int(np.count_nonzero(too_short))
+        if loo.short_sessions == "drop":
+            positions = positions[~too_short]
+            if len(positions) == 0:
+                raise DataError(
+                    f"nothing left for leave-one-out: none of the {len(sessions):,} sessions has "
+                    f"{loo.min_length} items",
+                    path=raw.inputs[0],
+                )
     if config.max_sessions is not None:
         positions = positions[: config.max_sessions]
-    ordered = sessions.reorder(positions)
-    sizes = split_sizes(
-        len(ordered),
-        test_fraction=config.test_fraction,
-        valid_fraction=config.valid_fraction,
-        end_times=ordered.end_times() if config.test_days is not None else None,
-        test_days=config.test_days,
-    )
+    kept = sessions.reorder(positions)
+    if loo is not None:
+        ordered, sizes = leave_one_out(kept, loo)
+    else:
+        ordered = kept
+        sizes = split_sizes(
+            len(ordered),
+            test_fraction=config.test_fraction,
+            valid_fraction=config.valid_fraction,
+            end_times=ordered.end_times() if config.test_days is not None else None,
+            test_days=config.test_days,
+        )
     item_index, item_ids = _index_items(sessions, np.sort(positions))
     values = item_index[ordered.values]  # item indices 1..n, sessions in split order
     split_labels = sizes.labels()
@@ -260,10 +335,11 @@ def build_tables(raw: RawInteractions, config: PrepareConfig) -> tuple[dict[str,
             "items": _list_array(values, ordered.offsets),
         }
     )
+    # With leave-one-out a session is stored once per split: these count the sessions it was cut from.
     statistics = {
-        "sessions": len(ordered),
+        "sessions": len(kept),
         "items": len(item_ids),
-        "interactions": int(ordered.num_interactions),
+        "interactions": int(kept.num_interactions),
         **title_stats,
         "train_sessions": sizes.train,
         "valid_sessions": sizes.valid,
@@ -281,7 +357,8 @@ def build_tables(raw: RawInteractions, config: PrepareConfig) -> tuple[dict[str,
         "sessions_after_filter": len(sessions),
         "interactions_after_filter": int(sessions.num_interactions),
         "filter_passes_run": report.passes_run,
-        "mean_session_length": round(float(ordered.lengths.mean()), 4),
+        **({"leave_one_out_short_sessions": loo_short} if loo is not None else {}),
+        "mean_session_length": round(float(kept.lengths.mean()), 4),
     }
     return {
         schema.ITEMS: items,

@@ -78,10 +78,16 @@ def source_defaults(source: str) -> dict[str, object]:
     return {"session": cls.default_session(), **cls.default_params}
 
 
-def _checked(loader: Loader, path: str | Path) -> Path:
+def resolve_input_path(path: str | Path) -> Path:
+    """``path``, or the same relative path under the data root when only that exists."""
     path = Path(path).expanduser()
     if not path.exists() and not path.is_absolute() and (data_root() / path).exists():
         path = data_root() / path  # a path relative to the data root, e.g. "movielens/ml-1m"
+    return path
+
+
+def _checked(loader: Loader, path: str | Path) -> Path:
+    path = resolve_input_path(path)
     if not path.exists():
         hint = f"$INTENTREC_DATA or ../shared/data, currently {data_root()}"
         raise DataError(
@@ -107,6 +113,7 @@ __all__ = [
     "locate_inputs",
     "official_urls",
     "register_loader",
+    "resolve_input_path",
     "source_defaults",
     "sources",
 ]
