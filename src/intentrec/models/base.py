@@ -158,6 +158,15 @@ class SessionModel(nn.Module):
             raise IntentrecError(f"'{self.registry_name}' cannot serve a new session: {why}")
         return self(batch)
 
+    def serve_output(self, batch: SessionBatch) -> BackboneOutput:
+        """The session output ``encode`` gives for sessions that are not dataset examples, so a server
+        can score them against rows of its own (items added after training, an ANN index).
+        ``score(serve_output(b))`` equals ``serve_scores(b)``."""
+        why = self.capabilities()["serve"]
+        if why is not None:
+            raise IntentrecError(f"'{self.registry_name}' cannot serve a new session: {why}")
+        return self.encode(batch)
+
     # ---------------------------------------------------------------- training
     def param_groups(self, cfg: TrainerConfig) -> list[dict[str, Any]]:
         """Parameter groups for the optimiser: every parameter that requires a gradient, one group."""

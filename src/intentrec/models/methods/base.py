@@ -259,6 +259,17 @@ class Method(SessionModel):
         with self.features_for(features):
             return self(batch)
 
+    def serve_output(self, batch: SessionBatch) -> BackboneOutput:
+        why = self.serving_problem()
+        features = None if why is not None else self.session_features(batch)
+        if features is None:
+            raise IntentrecError(
+                f"this run's method '{self.registry_name}' cannot compute text features for a new "
+                f"session: {why or 'its source computed none'}"
+            )
+        with self.features_for(features):
+            return self.encode(batch)
+
     # ---------------------------------------------------------------- examples
     def covered(self, example_ids: np.ndarray) -> np.ndarray:
         """Bool per example: every feature this method reads is present for it."""
