@@ -29,8 +29,9 @@ ones it has:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,20 @@ class TrainingPlan:
     scheduler: Any | None = None
     #: batches whose gradients are summed (each loss divided by this) before one optimiser step
     accumulate: int = 1
+    #: when ``scheduler.step()`` is called: after every epoch, or after every optimiser step
+    scheduler_interval: Literal["epoch", "step"] = "epoch"
+
+
+@dataclass
+class TrainingPhase:
+    """Epochs a model trains before its main epochs, on examples and a loss of its own (e.g. an
+    alignment stage). The trainer runs them first, with the same optimiser and plan; they are not
+    validated, never selected as the best checkpoint, and resume like main epochs."""
+
+    name: str
+    epochs: int
+    examples: ExampleSet
+    loss: Callable[[SessionBatch], torch.Tensor]
 
 
 @dataclass
@@ -116,6 +131,11 @@ class SessionModel(nn.Module):
     def run_info(self) -> dict[str, Any] | None:
         """What a run used beyond its configs (e.g. a method's text source), for metrics.json."""
         return None
+
+    def training_phases(self) -> tuple[TrainingPhase, ...]:
+        """Phases trained before the main epochs, in order (default: none). Called after
+        ``prepare`` and ``select_examples``."""
+        return ()
 
     # ---------------------------------------------------------------- items
     @property

@@ -32,7 +32,7 @@ from intentrec.io import write_json
 from intentrec.models.base import Backbone, BackboneConfig, SessionModel
 from intentrec.models.build import build_session_model
 from intentrec.models.methods.base import MethodConfig
-from intentrec.models.methods.registry import build_method_config
+from intentrec.models.methods.registry import build_method_config, method_class
 from intentrec.models.registry import backbone_class
 from intentrec.training.checkpoint import load_weights
 from intentrec.training.config import TrainerConfig
@@ -140,8 +140,10 @@ def build_configs(
     model_name: str,
     model_config: dict[str, Any] | BackboneConfig | None,
     trainer_config: dict[str, Any] | TrainerConfig | None,
+    method: str | None = None,
 ) -> tuple[type[Backbone], BackboneConfig, TrainerConfig]:
-    """Validate both configs; the backbone's ``default_train`` sits under the given trainer values."""
+    """Validate both configs; the backbone's ``default_train`` sits under the given trainer values,
+    and a ``method``'s own ``default_train`` (e.g. LLMGR's batch size) between the two."""
     cls = backbone_class(model_name)
     if isinstance(model_config, BackboneConfig):
         model_cfg = cls.Config.build(model_config.model_dump(), where=f"config of backbone '{model_name}'")
@@ -151,6 +153,8 @@ def build_configs(
         trainer_cfg = trainer_config
     else:
         defaults = dict(cls.default_train)
+        if method is not None:
+            defaults = deep_merge(defaults, method_class(method).default_train)
         merged = deep_merge(defaults, trainer_config or {})
         trainer_cfg = TrainerConfig.build(merged, where="trainer config")
     return cls, model_cfg, trainer_cfg

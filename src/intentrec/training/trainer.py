@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from intentrec.data.batch import SessionBatch
 from intentrec.data.dataset import ExampleSet, PreparedDataset
 from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.evaluation.evaluate import evaluate_model
 from intentrec.io import append_jsonl, atomic_open, exclusive_lock, write_json
-from intentrec.models.base import BackboneConfig, TrainingPlan
+from intentrec.models.base import BackboneConfig, TrainingPhase, TrainingPlan
 from intentrec.models.build import build_session_model
 from intentrec.models.methods.base import MethodConfig
 from intentrec.models.methods.registry import build_method_config
@@ -117,7 +118,7 @@ def train(
     in a registered method (e.g. ``"llm4sbr"``) configured by ``method_config``.
     """
     dataset = PreparedDataset(dataset_dir)
-    _, model_cfg, cfg = build_configs(model, model_config, trainer_config)
+    _, model_cfg, cfg = build_configs(model, model_config, trainer_config, method)
     run = RunDir(Path(out))
     method_cfg = build_method_config(method, method_config) if method else None
     record = run_record(dataset, model, model_cfg, cfg, command, method, method_cfg)
@@ -249,8 +250,11 @@ class _Loop:
         if self.trains and not trainable:
             raise ConfigError(f"'{self.model.registry_name}' says it trains but has no trainable parameter")
         # a model with nothing to learn (e.g. a similarity baseline) gets no optimiser at all
+        # phases a model trains before its main epochs (an alignment stage), asked before its plan
+        self.phases = self.model.training_phases() if self.trains else ()
         plan = self.model.training_plan(cfg, self.device) if trainable else TrainingPlan(optimizer=None)
         self.optimizer, self.scheduler, self.accumulate = plan.optimizer, plan.scheduler, plan.accumulate
+        self.step_scheduler = plan.scheduler_interval == "step"
         self.state: dict[str, Any] = {
             "epoch": 0,
             "best_epoch": 0,
@@ -275,9 +279,36 @@ class _Loop:
             run.log.unlink(missing_ok=True)
             run.best.unlink(missing_ok=True)
 
+        phase_epochs = [(phase, k) for phase in self.phases for k in range(1, phase.epochs + 1)]
+        for phase, k in phase_epochs[self.state.get("phase_epochs", 0) :]:
+            self._phase_epoch(phase, k)
         while self.state["epoch"] < self.cfg.epochs and not self.state["stopped_early"]:
             self._epoch(self.state["epoch"] + 1)
         return self._finish()
+
+    def _phase_epoch(self, phase: TrainingPhase, k: int) -> None:
+        """One epoch of a phase: trained, recorded in the resume state and metrics.json (not the log)."""
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        started = time.perf_counter()
+        done = self.state.get("phase_epochs", 0)
+        # shuffle seeds apart from the main epochs' (seed + epoch)
+        seed = self.cfg.seed + 1_000_000 + done
+        desc = f"{phase.name} {k}/{phase.epochs}"
+        loss = self._train_one_epoch(k, examples=phase.examples, loss_fn=phase.loss, desc=desc, seed=seed)
+        if not math.isfinite(loss):
+            raise IntentrecError(f"training diverged: the loss is {loss} in {phase.name} epoch {k}; try a lower lr")
+        record = {
+            "phase": phase.name,
+            "epoch": k,
+            "loss": loss,
+            "lr": lr,
+            "examples": len(phase.examples),
+            "train_seconds": round(time.perf_counter() - started, 3),
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        self.state["phase_epochs"] = done + 1
+        self.state.setdefault("phases", []).append(record)
+        save_training_state(self.run_dir.last, self.model, self.optimizer, self.scheduler, self.state)
 
     def _epoch(self, epoch: int) -> None:
         cfg, run = self.cfg, self.run_dir
@@ -303,7 +334,7 @@ class _Loop:
             self.state["bad_epochs"] += 1
         if cfg.patience is not None and self.state["bad_epochs"] >= cfg.patience:
             self.state["stopped_early"] = True
-        if self.scheduler is not None and self.trains:
+        if self.scheduler is not None and self.trains and not self.step_scheduler:
             self.scheduler.step()
 
         record.update(
@@ -323,8 +354,19 @@ class _Loop:
         if self.on_epoch is not None:
             self.on_epoch(record)
 
-    def _train_one_epoch(self, epoch: int) -> float:
+    def _train_one_epoch(
+        self,
+        epoch: int,
+        *,
+        examples: ExampleSet | None = None,
+        loss_fn: Callable[[SessionBatch], torch.Tensor] | None = None,
+        desc: str | None = None,
+        seed: int | None = None,
+    ) -> float:
+        """One pass over ``examples`` (default: the train split, ``model.loss``, seed ``seed + epoch``)."""
         cfg = self.cfg
+        examples = self.train_set if examples is None else examples
+        loss_fn = self.model.loss if loss_fn is None else loss_fn
         if not self.trains:
             # nothing to learn (e.g. LLM4SBR's LLM-Infer ablation): one pass of evaluation only
             self.state["stopped_early"] = True
@@ -332,17 +374,18 @@ class _Loop:
         self.model.train()
         total = torch.zeros((), device=self.device)
         seen = 0
-        num_batches = self.train_set.num_batches(cfg.batch_size)
+        num_batches = examples.num_batches(cfg.batch_size)
         bar = tqdm(
             total=num_batches,
-            desc=f"epoch {epoch}/{cfg.epochs}",
+            desc=f"epoch {epoch}/{cfg.epochs}" if desc is None else desc,
             unit="batch",
             disable=not self.progress,
             leave=False,
             dynamic_ncols=True,
             file=sys.stderr,
         )
-        batches = self.train_set.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, max_length=cfg.max_length)
+        seed = cfg.seed + epoch if seed is None else seed
+        batches = examples.batches(cfg.batch_size, shuffle=True, seed=seed, max_length=cfg.max_length)
         accumulate = self.accumulate
         for step, batch in enumerate(batches, start=1):
             batch = batch.to(self.device)
@@ -350,10 +393,12 @@ class _Loop:
             # partial group still steps, so no batch's gradient is dropped (accumulate=1: every batch)
             if (step - 1) % accumulate == 0:
                 self.optimizer.zero_grad(set_to_none=True)
-            loss = self.model.loss(batch)
+            loss = loss_fn(batch)
             (loss if accumulate == 1 else loss / accumulate).backward()
             if step % accumulate == 0 or step == num_batches:
                 self.optimizer.step()
+                if self.step_scheduler:
+                    self.scheduler.step()
             total += loss.detach() * batch.size
             seen += batch.size
             bar.update(1)
@@ -436,6 +481,8 @@ class _Loop:
                     "test_argmax_epoch": argmax,
                 }
                 metrics["per_epoch"] = _per_epoch(history)
+        if "phases" in state:
+            metrics["phases"] = state["phases"]
         metrics["peak_rss_mb"] = peak_rss_mb()
         write_json(run.metrics, metrics)
         return _result(run, metrics)

@@ -80,6 +80,8 @@ class Method(SessionModel):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     #: Whether the method maps its text features to the model width with ``self.text_proj``.
     projects_text: ClassVar[bool] = True
+    #: Trainer settings of the method's paper, over the backbone's ``default_train`` (user values win).
+    default_train: ClassVar[dict] = {}
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__()
