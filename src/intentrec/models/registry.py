@@ -23,6 +23,13 @@ _BACKBONE_MODULES = (
     "gcegnn",
     "msgat",
     "llmseqsim",
+    "msgifsr",
+    "miasrec",
+    "fpmc",
+    "caser",
+    "attenmixer",
+    "dhcn",
+    "share",
 )
 
 
