@@ -21,6 +21,7 @@ from intentrec.models.methods import METHODS, FeatureTable, build_method  # noqa
 from intentrec.models.methods.registry import load_all as load_methods  # noqa: E402
 from intentrec.models.registry import BACKBONES, build_backbone  # noqa: E402
 from intentrec.models.registry import load_all as load_backbones  # noqa: E402
+from tests.helpers.models import METHOD_TEST_SETTINGS  # noqa: E402
 from tests.helpers.tiny_dataset import write_tiny_dataset  # noqa: E402
 
 load_backbones()
@@ -74,7 +75,8 @@ def build(backbone_name: str, dataset, method_name: str | None = None):
     model = build_backbone(backbone_name, dataset.num_items, no_dropout(BACKBONES.get(backbone_name).Config))
     model.prepare(dataset)
     if method_name is not None:
-        model = build_method(method_name, model, no_dropout(METHODS.get(method_name).Config))
+        settings = {**METHOD_TEST_SETTINGS.get(method_name, {}), **no_dropout(METHODS.get(method_name).Config)}
+        model = build_method(method_name, model, settings)
         model.attach(synthetic_tables(model))
     return model
 
@@ -133,3 +135,37 @@ def test_training_on_cuda_resumes_like_an_uninterrupted_run(name, tiny_dataset, 
     assert np.isfinite(losses[0]).all()
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
     assert all(np.isfinite(v) for v in full.test.values())
+
+
+def test_llmgr_step_on_cuda_matches_the_cpu_step(tiny_dataset):
+    """LLMGR (tiny random LM): a training step on CUDA equals the CPU step; with bf16 autocast (the
+    default on CUDA) the loss agrees to bf16 precision and the updated weights stay close."""
+    from tests.helpers.llmgr import TINY_LLMGR
+
+    steps = []
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        backbone = build_backbone("gcsan", tiny_dataset.num_items, {})
+        model = build_method("llmgr", backbone, {**TINY_LLMGR, "lora_dropout": 0.0, "cuda_dtype": dtype})
+        model.prepare(tiny_dataset)
+        models = (model, copy.deepcopy(model).to(DEVICE))
+        results = []
+        for m, device in zip(models, (torch.device("cpu"), DEVICE)):
+            from intentrec.training.config import TrainerConfig
+
+            plan = m.training_plan(TrainerConfig(batch_size=16), device)
+            m.train()
+            plan.optimizer.zero_grad(set_to_none=True)
+            loss = m.loss(batch().to(device))
+            loss.backward()
+            plan.optimizer.step()
+            results.append((loss.item(), {k: v.detach().cpu() for k, v in m.checkpoint_state().items()}))
+        steps.append(results)
+    (cpu_loss, cpu_state), (gpu_loss, gpu_state) = steps[0]
+    assert gpu_loss == pytest.approx(cpu_loss, rel=RTOL, abs=ATOL)
+    for key in cpu_state:
+        torch.testing.assert_close(gpu_state[key], cpu_state[key], rtol=RTOL, atol=1e-4, msg=key)
+    (cpu_loss, cpu_state), (bf16_loss, bf16_state) = steps[1]
+    assert bf16_loss == pytest.approx(cpu_loss, rel=2e-2)
+    for key in cpu_state:  # AdamW's first step moves each weight by about lr: bf16 noise stays below it
+        torch.testing.assert_close(bf16_state[key], cpu_state[key], rtol=0, atol=3e-3, msg=key)

@@ -12,6 +12,7 @@ from intentrec.models.methods.registry import METHODS, build_method
 from intentrec.models.methods.registry import load_all as load_methods
 from intentrec.models.registry import BACKBONES, build_backbone
 from intentrec.models.registry import load_all as load_backbones
+from tests.helpers.llmgr import TINY_LLMGR
 
 load_backbones()
 load_methods()
@@ -22,6 +23,8 @@ TARGETS = [4, 3, 11, 1, 14, 15]
 EXAMPLE_IDS = [0, 7, 3, 42, 5, 11]
 #: "backbone" or "method(backbone)" for every registered backbone and every method over every backbone
 MODEL_IDS = BACKBONES.names() + [f"{m}({b})" for m in METHODS.names() for b in BACKBONES.names()]
+#: settings the shared tests build a method with (a method that loads a real LM gets a tiny random one)
+METHOD_TEST_SETTINGS: dict[str, dict] = {"llmgr": TINY_LLMGR}
 
 
 def synthetic_tables(method, ids=None, seed: int = 0, present=None) -> dict[str, FeatureTable]:
@@ -54,7 +57,7 @@ def build(model_id: str, dataset, seed: int = 0, config: dict | None = None) -> 
     model.prepare(dataset)
     if not method:
         return model
-    wrapped = build_method(method, model, {})
+    wrapped = build_method(method, model, dict(METHOD_TEST_SETTINGS.get(method, {})))
     wrapped.attach(synthetic_tables(wrapped))
     wrapped.attach_items(synthetic_item_tables(wrapped, dataset.num_items))
     return wrapped

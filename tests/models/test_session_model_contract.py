@@ -65,7 +65,7 @@ def test_an_item_transform_reaches_embedding_and_scoring(model_id, dataset):
     model.eval()
     with torch.no_grad():
         before = model(b)
-    transform = nn.Linear(model.dim, model.dim)
+    transform = nn.Linear(backbone.dim, backbone.dim)  # maps the backbone's ID table (a method may be wider)
     backbone.set_item_transform(transform)
     ids = torch.tensor([1, 4])
     with torch.no_grad():

@@ -38,6 +38,8 @@ Running the same command again resumes an interrupted run (only train.epochs may
   intentrec train data/beauty --model srgnn --method llm4sbr --set method.source=titles --out runs/llm4sbr
 
   intentrec train data/mini --model srgnn --method llm4sbr --set method.source=llm --set method.llm=qwen0.5b --out runs/m
+
+  intentrec train data/beauty --model gcsan --method llmgr --set method.id_run=runs/gcsan --out runs/llmgr
 """
 
 EVALUATE_HELP = """Evaluate a run's best checkpoint with exact full ranking over all items.
@@ -134,7 +136,7 @@ def train_command(
     model: str = typer.Option(..., "--model", "-m", help="Backbone name, e.g. srgnn, stamp, gru4rec."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (created if missing)."),
     method: str | None = typer.Option(
-        None, "--method", help="Wrap the backbone in an LLM method: llm4sbr or dmsrec (options: --set method.X=...)."
+        None, "--method", help="Wrap the backbone in an LLM method: llm4sbr, dmsrec, semsr or llmgr (options: --set method.X=...)."
     ),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML/JSON settings file."),
     set_: list[str] | None = typer.Option(
@@ -160,7 +162,7 @@ def train_command(
         console.print(Panel(PAPER_BANNER, style="bold red"))
     from intentrec.training.run import build_configs
 
-    _, _, trainer_cfg = build_configs(model, model_values, train_values)
+    _, _, trainer_cfg = build_configs(model, model_values, train_values, method)
     result = train(
         dataset_dir,
         model,

@@ -11,7 +11,7 @@ from intentrec.registry import Registry, import_modules
 METHODS: Registry[Method] = Registry("method")
 register_method = METHODS.register
 
-_METHOD_MODULES = ("llm4sbr", "dmsrec", "semsr")
+_METHOD_MODULES = ("llm4sbr", "dmsrec", "semsr", "llmgr")
 
 
 def load_all() -> None:
