@@ -40,6 +40,8 @@ Running the same command again resumes an interrupted run (only train.epochs may
   intentrec train data/mini --model srgnn --method llm4sbr --set method.source=llm --set method.llm=qwen0.5b --out runs/m
 
   intentrec train data/beauty --model gcsan --method llmgr --set method.id_run=runs/gcsan --out runs/llmgr
+
+  intentrec train data/beauty --model niser --cold-start 0.1 --out runs/niser-cold   [dim](10% of the items hidden; docs/cold-start.md)[/dim]
 """
 
 EVALUATE_HELP = """Evaluate a run's best checkpoint with exact full ranking over all items.
@@ -53,6 +55,10 @@ EVALUATE_HELP = """Evaluate a run's best checkpoint with exact full ranking over
   intentrec evaluate runs/semsr-f --rerank-with runs/niser   [dim](the "+" of SemSR: NISER re-orders each top-K)[/dim]
 
   intentrec evaluate runs/niser --sample 500 --seed 0   [dim](the examples of intentrec llm-rank --sample 500 --seed 0)[/dim]
+
+  intentrec evaluate runs/niser-cold --cold-start 0.1   [dim](cold items ranked from their text; the run was trained with --cold-start 0.1)[/dim]
+
+  intentrec evaluate runs/niser-cold --cold-start 0.1 --map mlp --save-map runs/niser-cold/map.safetensors --json
 """
 
 RECOMMEND_HELP = """Recommend next items for a session given as original item ids (oldest first).
@@ -147,6 +153,12 @@ def train_command(
     ),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per epoch."),
+    cold_start: float | None = typer.Option(
+        None, "--cold-start", help="Hide this seeded fraction of the items from training (= --set train.cold_start=F)."
+    ),
+    cold_start_seed: int | None = typer.Option(
+        None, "--cold-start-seed", help="Seed of the cold item set (default 0: the same set for every model)."
+    ),
 ) -> None:
     from intentrec.training import train
     from intentrec.training.trainer import epoch_line
@@ -156,6 +168,10 @@ def train_command(
         raise ConfigError("method.* settings were given but no --method")
     if select_on is not None:
         train_values["select_on"] = select_on.value
+    if cold_start is not None:
+        train_values["cold_start"] = cold_start
+    if cold_start_seed is not None:
+        train_values["cold_start_seed"] = cold_start_seed
     paper_mode = train_values.get("select_on") == "test"
     console = _console()
     if paper_mode:
@@ -218,10 +234,28 @@ def evaluate_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     data: Path | None = typer.Option(None, "--data", help="Dataset folder, if it moved since training."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    cold_start: float | None = typer.Option(
+        None, "--cold-start", help="Rank the items the run was trained without (its --cold-start F) from their text."
+    ),
+    cold_map: str = typer.Option(
+        "auto",
+        "--map",
+        help="--cold-start: auto (the model's own text branch, else ridge), ridge, mlp, or a saved map.",
+    ),
+    encoder: str | None = typer.Option(None, "--encoder", help="--cold-start: text encoder of a fitted map (minilm)."),
+    template: str | None = typer.Option(None, "--template", help="--cold-start: item text template (title/1)."),
+    save_map: Path | None = typer.Option(None, "--save-map", help="--cold-start: write the map (NAME.safetensors)."),
 ) -> None:
     from intentrec.training import evaluate_run, load_run
 
+    if cold_start is None and (cold_map != "auto" or encoder or template or save_map):
+        raise ConfigError("--map, --encoder, --template and --save-map go with --cold-start F")
+    if cold_start is not None and (rerank_with or sample is not None or slices):
+        raise ConfigError("--cold-start is not combined with --rerank-with, --sample or --slices")
     trained = load_run(run_dir, dataset_dir=data, device=device)
+    if cold_start is not None:
+        _evaluate_cold_start(trained, split.value, cold_start, cold_map, encoder, template, save_map, as_json)
+        return
     second = None if rerank_with is None else load_run(rerank_with, dataset_dir=trained.dataset.path, device=device)
     report = evaluate_run(trained, split.value, slices=slices, rerank_with=second, sample=sample, seed=seed)
     selection = report["checkpoint"]
@@ -243,6 +277,69 @@ def evaluate_command(
     console.print(selection)
     if slices:
         console.print(slices_table(report["slices"], list(report["metrics"])))
+
+
+def _evaluate_cold_start(
+    trained: Any,
+    split: str,
+    fraction: float,
+    cold_map: str,
+    encoder: str | None,
+    template: str | None,
+    save_map: Path | None,
+    as_json: bool,
+) -> None:
+    from intentrec.models.cold_start import ColdStartMap
+    from intentrec.training.cold_start import check_cold_start_run, evaluate_cold_start
+
+    check_cold_start_run(trained, fraction)  # before loading an encoder
+    loaded = None
+    if cold_map.endswith(".safetensors"):
+        if encoder or template:
+            raise ConfigError("a saved map (--map FILE) has its own encoder and template; drop --encoder/--template")
+        loaded = ColdStartMap.load(cold_map)
+    elif cold_map not in ("auto", "ridge", "mlp"):
+        raise ConfigError(f"--map must be auto, ridge, mlp or a saved NAME.safetensors, got {cold_map!r}")
+    report = evaluate_cold_start(
+        trained,
+        fraction,
+        split=split,
+        map_config=None if loaded else {"kind": cold_map},
+        encoder=encoder,
+        template=template,
+        cold_map=loaded,
+        save_map=save_map,
+    )
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    info, results = report["cold_start"], report["metrics"]
+    k = 20 if 20 in trained.trainer.ks else max(trained.trainer.ks)
+    table = Table(
+        title=f"{trained.record['model']['name']} on {split}: {info['cold_targets']} cold targets of "
+        f"{info['examples']} examples ({info['cold_items']} cold items)"
+    )
+    table.add_column("")
+    for targets in ("cold", "all"):
+        for metric in ("HR", "MRR"):
+            table.add_column(f"{metric}@{k} {targets}", justify="right")
+    labels = {"model": "model, rows from text", "id_rows": "model, own rows", "popularity": "popularity",
+              "text_similarity": "text similarity"}  # fmt: skip
+    for name, label in labels.items():
+        by_target = results.get(name)
+        if by_target is None:
+            continue
+        cells = [
+            "-" if by_target[t] is None else f"{by_target[t][f'{m}@{k}']:.4f}"
+            for t in ("cold", "all")
+            for m in ("HR", "MRR")
+        ]
+        table.add_row(label, *cells)
+    console = _console()
+    console.print(table)
+    used = report["map"]
+    console.print(f"cold rows from text: {used['kind']} map, encoder {used['encoder']}, template {used['template']}")
+    console.print(report["checkpoint"])
 
 
 def recommend_command(

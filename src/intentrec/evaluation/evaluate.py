@@ -5,12 +5,13 @@ Memory is O(eval batch × num_items); the ``[N, num_items]`` matrix of a whole s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from intentrec.data.batch import SessionBatch
 from intentrec.data.dataset import ExampleSet
 from intentrec.evaluation.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 from intentrec.evaluation.slices import sliced_metrics
@@ -40,15 +41,17 @@ def rank_examples(
     batch_size: int = 500,
     max_length: int | None = None,
     device: torch.device | str = "cpu",
+    scores: Callable[[SessionBatch], torch.Tensor] | None = None,
 ) -> RankedExamples:
-    """Rank every example's target among all items with ``model`` in eval mode."""
+    """Rank every example's target among all items with ``model`` in eval mode (``scores``: how a
+    batch is scored instead of ``model(batch)``, e.g. against a table with rows placed from text)."""
     was_training = model.training
     model.eval()
     ranks, ids, targets = [], [], []
     try:
         for batch in examples.batches(batch_size, max_length=max_length):
             batch = batch.to(device)
-            ranks.append(target_ranks(model(batch), batch.targets))
+            ranks.append(target_ranks(model(batch) if scores is None else scores(batch), batch.targets))
             ids.append(batch.example_ids)
             targets.append(batch.targets)
     finally:

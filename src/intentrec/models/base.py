@@ -29,6 +29,7 @@ ones it has:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -90,6 +91,19 @@ class TrainingPhase:
     epochs: int
     examples: ExampleSet
     loss: Callable[[SessionBatch], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TextPlacement:
+    """How a model with a text branch places an item known only by its text: the affine map
+    ``rows = text_vectors @ weight.T + bias`` from the unit-length vectors of ``encoder`` (item texts
+    rendered by ``template``) to the model's item space (before ``scoring_table``'s normalisation,
+    if any: a cold-start map applies that itself)."""
+
+    encoder: str
+    template: str
+    weight: torch.Tensor  # [d', w]
+    bias: torch.Tensor  # [d']
 
 
 @dataclass
@@ -163,6 +177,29 @@ class SessionModel(nn.Module):
 
     def loss(self, batch: SessionBatch) -> torch.Tensor:
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- items added or placed from text
+    def new_items_problem(self) -> str | None:
+        """Why this model cannot score against a table with added or replaced rows (None: it can,
+        ``score_with(output, table)`` for any ``table`` shaped like ``scoring_table()`` rows)."""
+        return "it does not expose the item table it scores against"
+
+    def scoring_table(self) -> torch.Tensor:
+        """The table ``[num_items, d']`` that ``score`` ranks against (where ``new_items_problem()`` is None)."""
+        raise IntentrecError(f"'{self.registry_name}' has no scoring table: {self.new_items_problem()}")
+
+    def score_with(self, output: BackboneOutput, table: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, n']`` of ``output`` against ``table`` ``[n', d']`` (e.g. ``scoring_table()`` plus
+        rows for new items), the way ``score`` scores against ``scoring_table()``."""
+        raise IntentrecError(
+            f"'{self.registry_name}' cannot score against another item table: {self.new_items_problem()}"
+        )
+
+    def text_placement(self) -> TextPlacement | None:
+        """This model's own map from an item's text vector to its item space, if it has one (SemSR-F's
+        text branch); None (default): a map fitted on the trained items places it
+        (:mod:`intentrec.models.cold_start`)."""
+        return None
 
     def rerank(self, batch: SessionBatch, candidates: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, K]`` of the candidate columns ``[B, K]`` (another model's top-K list).
@@ -283,10 +320,19 @@ class Backbone(SessionModel):
             return self.embed_id_items(indices)
         return F.embedding(indices, F.pad(self.item_vectors(), (0, 0, 1, 0)))
 
-    def scoring_table(self, vectors: torch.Tensor) -> torch.Tensor:
+    def scoring_table(self, vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Item vectors ``[n, d']`` → the table scores are taken against (default: as they are; NISER
-        normalises). A method that builds its own item table (a fusion) passes it through this."""
-        return vectors
+        normalises). A method that builds its own item table (a fusion) passes it through this.
+        Without ``vectors``: this backbone's own table, ``item_table()``."""
+        return self.item_table() if vectors is None else vectors
+
+    def new_items_problem(self) -> str | None:
+        if type(self).score is not Backbone.score:
+            return "it scores its own way (it overrides score, not score_with)"
+        vectors = inspect.signature(type(self).scoring_table).parameters.get("vectors")
+        if vectors is None or vectors.default is inspect.Parameter.empty:
+            return "its scoring_table(vectors) override has no default (it must be scoring_table(vectors=None))"
+        return None
 
     def item_table(self) -> torch.Tensor:
         return self.scoring_table(self.item_vectors())

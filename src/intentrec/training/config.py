@@ -44,6 +44,14 @@ class TrainerConfig(Config):
         description="keep large freed tensors in the heap between steps (glibc mallopt; "
         "training.allocator); false leaves malloc alone",
     )
+    cold_start: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="hide this seeded fraction of the items from training (intentrec.data.cold_items); "
+        "intentrec evaluate RUN --cold-start F ranks them from text",
+    )
+    cold_start_seed: int = Field(0, description="seed of the cold item set (the same set for every model and seed)")
 
     @field_validator("ks")
     @classmethod

@@ -8,6 +8,7 @@ A run folder holds::
     best.safetensors   weights of the selected epoch
     last.safetensors   resume state: weights, optimizer, scheduler, RNGs, bookkeeping (one file)
     metrics.json       final metrics; written last, so its presence means the run finished
+    cold_items.json    with train.cold_start only: the items hidden from training (data/cold_items.py)
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ BEST = "best.safetensors"
 LAST = "last.safetensors"
 METRICS = "metrics.json"
 LOCK = ".lock"  # held by the process training into the folder (see io.exclusive_lock)
-RUN_FILES = (CONFIG, LOG, BEST, LAST, METRICS)
+COLD_ITEMS = "cold_items.json"  # the items hidden from training (train.cold_start), see data/cold_items.py
+RUN_FILES = (CONFIG, LOG, BEST, LAST, METRICS, COLD_ITEMS)
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,12 @@ def load_run(
             path=data_path / schema.MANIFEST,
         )
     cls, model_cfg, trainer_cfg = build_configs(model_name, model_values, trainer_values)
+    if trainer_cfg.cold_start is not None:  # the model is prepared on what it was trained on
+        from intentrec.data.cold_items import ColdStartView, choose_cold_items
+
+        cold = choose_cold_items(dataset, trainer_cfg.cold_start, trainer_cfg.cold_start_seed)
+        cold.check_recorded(run / COLD_ITEMS)
+        dataset = ColdStartView(dataset, cold)
     method = (record.get("method") or {}).get("name")
     method_cfg = build_method_config(method, record["method"]["config"]) if method else None
     dev = resolve_device(device)

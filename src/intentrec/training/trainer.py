@@ -46,6 +46,7 @@ from intentrec.training.checkpoint import (
 )
 from intentrec.training.config import TrainerConfig
 from intentrec.training.run import (
+    COLD_ITEMS,
     LOCK,
     RunDir,
     build_configs,
@@ -211,6 +212,9 @@ class _Loop:
         if cfg.keep_freed_memory:
             keep_freed_memory()
         self.device = resolve_device(cfg.device)
+        self.cold: dict[str, Any] | None = None
+        if cfg.cold_start is not None:
+            dataset = self.dataset = self._hide_cold_items(dataset)
 
         self.train_set = dataset.examples("train")
         self.valid_set = dataset.examples("valid")
@@ -228,6 +232,11 @@ class _Loop:
 
         seed_everything(cfg.seed)
         self.model = build_session_model(backbone, model_cfg, dataset.num_items, method, method_cfg)
+        if self.cold is not None and self.model.needs().candidates is not None:
+            raise ConfigError(
+                f"train.cold_start: '{self.model.registry_name}' reads a candidate file, which is built from "
+                "the full train split (cold items included); train it without cold_start"
+            )
         require_inputs(self.model, dataset)
         self.model.prepare(dataset)
         self.model.to(self.device)
@@ -263,6 +272,17 @@ class _Loop:
             "stopped_early": False,
             "history": [],
         }
+
+    def _hide_cold_items(self, dataset: PreparedDataset) -> PreparedDataset:
+        """The dataset without the cold items' interactions; their set is written to the run folder."""
+        from intentrec.data.cold_items import ColdStartView, choose_cold_items
+
+        cold = choose_cold_items(dataset, self.cfg.cold_start, self.cfg.cold_start_seed)
+        recorded = cold.to_json(dataset)
+        write_json(self.run_dir / COLD_ITEMS, recorded)
+        self.cold = {k: v for k, v in recorded.items() if k not in ("item_indices", "item_ids")}
+        self.cold["file"] = COLD_ITEMS
+        return ColdStartView(dataset, cold)
 
     # ------------------------------------------------------------------ main
 
@@ -445,6 +465,12 @@ class _Loop:
         }
         if self.semantic is not None:
             metrics["semantic"] = self.semantic
+        if self.cold is not None:
+            metrics["cold_start"] = {
+                **self.cold,
+                "note": "train, valid and these test metrics exclude cold targets; cold items are removed from "
+                "every input session (intentrec evaluate RUN --cold-start F ranks the cold targets from text)",
+            }
         if cfg.paper_mode:
             test_max, argmax = _per_metric_max(history)
             metrics.update(

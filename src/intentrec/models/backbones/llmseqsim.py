@@ -22,7 +22,7 @@ from pydantic import Field
 
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import ConfigError, DataError
-from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput, Needs
+from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput, Needs, TextPlacement
 from intentrec.models.registry import register_backbone
 from intentrec.semantic.item_texts import DEFAULT_TEMPLATE
 
@@ -95,8 +95,14 @@ class LLMSeqSim(Backbone):
             pooled = (weights.unsqueeze(-1) * clicks).sum(1) / weights.sum(1, keepdim=True).clamp(min=1e-12)
         return BackboneOutput(session=pooled, vectors={"local": last, "global": pooled})
 
-    def scoring_table(self, vectors: torch.Tensor) -> torch.Tensor:
-        return F.normalize(vectors, dim=1)
+    def scoring_table(self, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        return self.item_table() if vectors is None else F.normalize(vectors, dim=1)
+
+    def text_placement(self) -> TextPlacement:
+        """An item is its own text vector: the identity map from the encoder's vectors."""
+        cfg: LLMSeqSimConfig = self.config
+        eye = torch.eye(cfg.embedding_dim, device=self.id_table.device)
+        return TextPlacement(cfg.encoder, cfg.template, eye, torch.zeros(cfg.embedding_dim, device=eye.device))
 
     def score_with(self, output: BackboneOutput, table: torch.Tensor) -> torch.Tensor:
         return F.linear(F.normalize(output.session, dim=1), table)  # cosine

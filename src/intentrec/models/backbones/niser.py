@@ -55,8 +55,8 @@ class NISER(SRGNN):
         self.position = nn.Embedding(config.max_positions, config.embedding_dim) if config.positions else None
         self.reset_parameters()  # again, now that the position table exists
 
-    def scoring_table(self, vectors: torch.Tensor) -> torch.Tensor:
-        return F.normalize(vectors, dim=1)
+    def scoring_table(self, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        return self.item_table() if vectors is None else F.normalize(vectors, dim=1)
 
     def encode(self, batch: SessionBatch) -> BackboneOutput:
         graph = session_graph(batch)

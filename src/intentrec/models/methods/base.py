@@ -146,6 +146,20 @@ class Method(SessionModel):
     def item_table(self) -> torch.Tensor:
         return self.backbone.item_table()
 
+    def new_items_problem(self) -> str | None:
+        if type(self).score is not Method.score:
+            return f"method '{self.registry_name}' scores its own way (it overrides score)"
+        return self.backbone.new_items_problem()
+
+    def scoring_table(self) -> torch.Tensor:
+        return self.backbone.scoring_table()
+
+    def score_with(self, output: BackboneOutput, table: torch.Tensor) -> torch.Tensor:
+        why = self.new_items_problem()
+        if why is not None:
+            raise IntentrecError(f"'{self.registry_name}' cannot score against another item table: {why}")
+        return self.backbone.score_with(output, table)
+
     # ---------------------------------------------------------------- features
     def load_features(self, dataset: PreparedDataset) -> dict[str, FeatureTable]:
         """Build or load the per-example features this method needs (subclasses)."""

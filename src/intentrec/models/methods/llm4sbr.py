@@ -205,6 +205,11 @@ class LLM4SBR(Method):
             return None
         return self.config.lambda_au * sum(aux.values())
 
+    def new_items_problem(self) -> str | None:
+        if self.config.infer_only:
+            return "LLM-Infer (infer_only) ranks by the catalogue's title vectors, not by an item table"
+        return super().new_items_problem()
+
     def forward(self, batch: SessionBatch) -> torch.Tensor:
         if self.config.infer_only:
             return self.infer_scores(batch)

@@ -39,7 +39,7 @@ from torch import nn
 
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import ConfigError, DataError
-from intentrec.models.base import Backbone, BackboneOutput
+from intentrec.models.base import Backbone, BackboneOutput, TextPlacement
 from intentrec.models.features import ItemFeatureTable
 from intentrec.models.layers import PackedTokens
 from intentrec.models.methods.base import Method, MethodConfig
@@ -207,6 +207,26 @@ class SemSR(Method):
         if self.config.mode == "init":
             return self.backbone.score(output)
         return self.backbone.score_with(output, self.fused_table())
+
+    # ------------------------------------------------------------------ items known only by their text
+    def new_items_problem(self) -> str | None:
+        # SemSR-F always scores with score_with against its fused table, whatever the backbone's score
+        return self.backbone.new_items_problem() if self.config.mode == "init" else None
+
+    def scoring_table(self) -> torch.Tensor:
+        return self.backbone.scoring_table() if self.config.mode == "init" else self.fused_table()
+
+    def score_with(self, output: BackboneOutput, table: torch.Tensor) -> torch.Tensor:
+        return self.backbone.score_with(output, table)
+
+    def text_placement(self) -> TextPlacement | None:
+        """SemSR-F's item branch ``W5 [I_m; I_l]`` for an item without clicks: its ID part is zero
+        (no interactions to learn from), so the row is ``W5_l I_l`` plus W5's bias. None for SemSR-I
+        (its table is the ID table), a control, or reduced vectors (the fixed PCA is not kept)."""
+        cfg: SemSRConfig = self.config
+        if cfg.mode != "fuse" or cfg.control != "none" or cfg.text_dim is not None or self._width is None:
+            return None
+        return TextPlacement(cfg.encoder, cfg.template, self.w_items_text.weight, self.w_items_id.bias)
 
     def loss(self, batch: SessionBatch) -> torch.Tensor:
         if batch.targets is None:
