@@ -24,6 +24,15 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
     @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        space = cls.__dict__.get("search_space")
+        if space is not None:  # a subclass's own declared ranges (intentrec.search_space), checked on import
+            from intentrec.search_space import check_space
+
+            check_space(cls, space)
+
+    @classmethod
     def build(cls: type[C], values: dict[str, Any] | None = None, *, where: str = "config") -> C:
         """Validate ``values`` into this config; errors name every offending field."""
         try:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from intentrec.config import Config
+from intentrec.search_space import Choice, FloatRange, SearchSpace
 
 _METRIC = re.compile(r"^(HR|MRR|NDCG)@(\d+)$")
 
@@ -44,6 +45,13 @@ class TrainerConfig(Config):
         description="keep large freed tensors in the heap between steps (glibc mallopt; "
         "training.allocator); false leaves malloc alone",
     )
+
+    # `intentrec tune`: the optimiser settings every model shares (a model's own fields sit on its config)
+    search_space: ClassVar[SearchSpace] = {
+        "lr": FloatRange(low=1e-4, high=1e-2, log=True),
+        "l2": FloatRange(low=1e-7, high=1e-3, log=True),
+        "batch_size": Choice(choices=(50, 100, 200)),
+    }
     cold_start: float | None = Field(
         None,
         gt=0,

@@ -109,6 +109,7 @@ def train(
     command: str | None = None,
     method: str | None = None,
     method_config: dict[str, Any] | MethodConfig | None = None,
+    evaluate_test: bool = True,
 ) -> TrainResult:
     """Train backbone ``model`` on a prepared dataset into run folder ``out``.
 
@@ -117,6 +118,8 @@ def train(
     ``resume=False`` deletes the previous run's files first. ``progress=None`` shows a progress bar
     only on a terminal. ``on_epoch`` receives each epoch's log record. ``method`` wraps the backbone
     in a registered method (e.g. ``"llm4sbr"``) configured by ``method_config``.
+    ``evaluate_test=False`` (hyper-parameter tuning) never evaluates TEST: ``metrics.json`` then has
+    no ``test``; valid mode without ``track_test`` only.
     """
     dataset = PreparedDataset(dataset_dir)
     _, model_cfg, cfg = build_configs(model, model_config, trainer_config, method)
@@ -125,7 +128,7 @@ def train(
     record = run_record(dataset, model, model_cfg, cfg, command, method, method_cfg)
     with exclusive_lock(run.path / LOCK, what=f"run folder {run.path}"):
         return _train_locked(
-            dataset, model, model_cfg, cfg, run, record, resume, progress, on_epoch, method, method_cfg
+            dataset, model, model_cfg, cfg, run, record, resume, progress, on_epoch, method, method_cfg, evaluate_test
         )
 
 
@@ -141,7 +144,10 @@ def _train_locked(
     on_epoch: Callable[[dict[str, Any]], None] | None,
     method: str | None,
     method_cfg: MethodConfig | None,
+    evaluate_test: bool = True,
 ) -> TrainResult:
+    if not evaluate_test and (cfg.paper_mode or cfg.track_test):
+        raise ConfigError("a run that never evaluates TEST needs train.select_on=valid and train.track_test=false")
     if run.has_run() and resume:
         old = run.read_json("config.json")
         try:
@@ -156,7 +162,7 @@ def _train_locked(
                 f"{run.path} holds a run with different settings; use another --out, or --no-resume "
                 "to replace it:\n  " + "\n  ".join(problems)
             )
-        finished = _finished_result(run, cfg)
+        finished = _finished_result(run, cfg, evaluate_test)
         if finished is not None:
             return finished
     else:
@@ -164,14 +170,16 @@ def _train_locked(
     run.metrics.unlink(missing_ok=True)  # a stale metrics.json must never outlive new epochs
     write_record(run, record)
 
-    loop = _Loop(dataset, backbone, model_cfg, cfg, run, progress, on_epoch, method, method_cfg)
+    loop = _Loop(dataset, backbone, model_cfg, cfg, run, progress, on_epoch, method, method_cfg, evaluate_test)
     return loop.run(resume=resume)
 
 
-def _finished_result(run: RunDir, cfg: TrainerConfig) -> TrainResult | None:
+def _finished_result(run: RunDir, cfg: TrainerConfig, evaluate_test: bool = True) -> TrainResult | None:
     if not run.metrics.is_file():
         return None
     metrics = run.read_json("metrics.json")
+    if evaluate_test and "test" not in metrics:
+        return None  # finished without TEST (a tuning trial): the loop only evaluates the best checkpoint
     if not metrics.get("stopped_early") and metrics.get("epochs_run", 0) < cfg.epochs:
         return None  # asked for more epochs than the finished run had
     return _result(run, metrics)
@@ -185,7 +193,7 @@ def _result(run: RunDir, metrics: dict[str, Any]) -> TrainResult:
         epochs_run=metrics["epochs_run"],
         stopped_early=metrics["stopped_early"],
         valid=metrics.get("valid", {}),
-        test=metrics["test"],
+        test=metrics.get("test", {}),
         metrics=metrics,
         history=run.read_log(),
     )
@@ -203,8 +211,10 @@ class _Loop:
         on_epoch: Callable[[dict[str, Any]], None] | None,
         method: str | None = None,
         method_cfg: MethodConfig | None = None,
+        evaluate_test: bool = True,
     ):
         self.dataset, self.cfg, self.run_dir = dataset, cfg, run
+        self.evaluate_test = evaluate_test
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.on_epoch = on_epoch
         if cfg.num_threads is not None:
@@ -496,8 +506,14 @@ class _Loop:
                     f"(epoch {best_epoch}), evaluated once on TEST"
                 ),
                 valid=best_record["valid"],
-                test=self._evaluate(self.test_set),
             )
+            if self.evaluate_test:
+                metrics["test"] = self._evaluate(self.test_set)
+            else:
+                metrics["selection"] = (
+                    f"valid: checkpoint with the best {cfg.select_metric} on VALID (epoch {best_epoch}); "
+                    "TEST not evaluated (tuning)"
+                )
             if cfg.track_test:
                 test_max, argmax = _per_metric_max(history)
                 metrics["test_max_over_epochs"] = {

@@ -47,6 +47,7 @@ from intentrec.models.graph import (
 )
 from intentrec.models.layers import PackedTokens, masked_softmax
 from intentrec.models.registry import register_backbone
+from intentrec.search_space import FloatRange, IntRange, SearchSpace
 
 if TYPE_CHECKING:
     from intentrec.data.dataset import PreparedDataset
@@ -125,6 +126,14 @@ class GCEGNNConfig(BackboneConfig):
     dropout_gcn: float = Field(0.0, ge=0.0, lt=1.0)
     negative_slope: float = Field(0.2, ge=0.0, description="LeakyReLU slope (authors' alpha)")
     max_positions: int = Field(200, ge=1, description="rows of the reversed position table")
+
+    search_space: ClassVar[SearchSpace] = {
+        "num_neighbors": IntRange(low=4, high=16, step=4),
+        "hops": IntRange(low=1, high=2),
+        "dropout_global": FloatRange(low=0.0, high=0.7),
+        "dropout_local": FloatRange(low=0.0, high=0.5),
+        "dropout_gcn": FloatRange(low=0.0, high=0.5),
+    }
 
 
 @register_backbone("gcegnn")

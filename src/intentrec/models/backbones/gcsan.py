@@ -34,6 +34,7 @@ from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
 from intentrec.models.graph import session_graph
 from intentrec.models.layers import gather_last
 from intentrec.models.registry import register_backbone
+from intentrec.search_space import FloatRange, IntRange, SearchSpace
 
 
 class SelfAttentionBlock(nn.Module):
@@ -75,6 +76,13 @@ class GCSANConfig(BackboneConfig):
     attention_heads: int = Field(1, ge=1, description="the paper uses single-head attention")
     weight: float = Field(0.6, ge=0.0, le=1.0, description="ω: weight of the self-attention output")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+    search_space: ClassVar[SearchSpace] = {
+        "steps": IntRange(low=1, high=3),
+        "blocks": IntRange(low=1, high=3),
+        "weight": FloatRange(low=0.2, high=1.0),
+        "dropout": FloatRange(low=0.0, high=0.5),
+    }
 
 
 @register_backbone("gcsan")

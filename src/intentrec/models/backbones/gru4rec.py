@@ -18,6 +18,7 @@ from intentrec.data.batch import SessionBatch
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput, PaddedItemEmbedding
 from intentrec.models.layers import LengthGroups, PackedTokens
 from intentrec.models.registry import register_backbone
+from intentrec.search_space import FloatRange, IntRange, SearchSpace
 
 
 class GRU4RecConfig(BackboneConfig):
@@ -25,6 +26,12 @@ class GRU4RecConfig(BackboneConfig):
     # The paper's best cross-entropy setting used no dropout.
     dropout_embedding: float = Field(0.0, ge=0.0, lt=1.0)
     dropout_hidden: float = Field(0.0, ge=0.0, lt=1.0)
+
+    search_space: ClassVar[SearchSpace] = {
+        "num_layers": IntRange(low=1, high=2),
+        "dropout_embedding": FloatRange(low=0.0, high=0.5),
+        "dropout_hidden": FloatRange(low=0.0, high=0.5),
+    }
 
 
 def glorot_uniform_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:

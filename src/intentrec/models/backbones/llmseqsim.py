@@ -24,6 +24,7 @@ from intentrec.data.batch import SessionBatch
 from intentrec.errors import ConfigError, DataError
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput, Needs, TextPlacement
 from intentrec.models.registry import register_backbone
+from intentrec.search_space import Choice, FloatRange, SearchSpace
 from intentrec.semantic.item_texts import DEFAULT_TEMPLATE
 
 if TYPE_CHECKING:
@@ -36,6 +37,12 @@ class LLMSeqSimConfig(BackboneConfig):
     template: str = DEFAULT_TEMPLATE
     pooling: Literal["mean", "recency", "last"] = "mean"
     recency_decay: float = Field(0.8, gt=0, le=1, description="pooling=recency: weight ratio of consecutive clicks")
+
+    # nothing trains: the pooling is all there is to choose (embedding_dim is the encoder's width)
+    search_space: ClassVar[SearchSpace] = {
+        "pooling": Choice(choices=("mean", "recency", "last")),
+        "recency_decay": FloatRange(low=0.5, high=0.95),
+    }
 
 
 @register_backbone("llmseqsim")

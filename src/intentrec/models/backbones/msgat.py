@@ -60,6 +60,7 @@ from intentrec.models.graph import SessionGraph, session_graph
 from intentrec.models.layers import LengthGroups, PackedTokens
 from intentrec.models.registry import register_backbone
 from intentrec.models.scoring import linear_cross_entropy
+from intentrec.search_space import FloatRange, IntRange, SearchSpace
 
 # Authors' main.py: Adam lr 0.001, batch 512, l2 1e-5, lr × 0.1 every 5 epochs (30 epochs, patience 3).
 MSGAT_TRAIN: dict = {
@@ -192,6 +193,13 @@ class MSGATConfig(BackboneConfig):
         description="the sessions the inter-session channel relates in training: the batch (code) or "
         "each session alone, as in evaluation",
     )
+
+    search_space: ClassVar[SearchSpace] = {
+        "num_neighbors": IntRange(low=2, high=8),
+        "scale": FloatRange(low=8.0, high=32.0, log=True),
+        "dropout": FloatRange(low=0.0, high=0.5),
+        "neighbor_dropout": FloatRange(low=0.0, high=0.6),
+    }
 
 
 @register_backbone("msgat")

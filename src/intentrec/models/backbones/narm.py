@@ -23,6 +23,7 @@ from intentrec.models.backbones.gru4rec import run_gru
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput, PaddedItemEmbedding
 from intentrec.models.layers import AdditiveAttention, LengthGroups, PackedTokens
 from intentrec.models.registry import register_backbone
+from intentrec.search_space import FloatRange, SearchSpace
 
 
 class NARMConfig(BackboneConfig):
@@ -30,6 +31,11 @@ class NARMConfig(BackboneConfig):
     # the item space's dimension; the paper used 50-d embeddings.
     dropout_embedding: float = Field(0.25, ge=0.0, lt=1.0)
     dropout_encoder: float = Field(0.5, ge=0.0, lt=1.0)
+
+    search_space: ClassVar[SearchSpace] = {
+        "dropout_embedding": FloatRange(low=0.0, high=0.5),
+        "dropout_encoder": FloatRange(low=0.0, high=0.7),
+    }
 
 
 @register_backbone("narm")

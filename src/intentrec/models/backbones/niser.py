@@ -30,6 +30,7 @@ from intentrec.models.graph import reversed_positions, session_graph
 from intentrec.models.layers import PackedTokens
 from intentrec.models.registry import register_backbone
 from intentrec.models.scoring import linear_cross_entropy
+from intentrec.search_space import FloatRange, SearchSpace
 
 
 class NISERConfig(SRGNNConfig):
@@ -37,6 +38,12 @@ class NISERConfig(SRGNNConfig):
     positions: bool = Field(True, description="NISER+ position embeddings in the readout")
     max_positions: int = Field(200, ge=1, description="rows of the position table")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="NISER+ dropout on item embeddings")
+
+    search_space: ClassVar[SearchSpace] = {
+        **SRGNNConfig.search_space,
+        "dropout": FloatRange(low=0.0, high=0.5),
+        "scale": FloatRange(low=4.0, high=32.0, log=True),
+    }
 
 
 @register_backbone("niser")

@@ -27,6 +27,7 @@ from intentrec.data.batch import SessionBatch
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput, PaddedItemEmbedding
 from intentrec.models.layers import LengthGroups, PackedTokens, keep_most_recent
 from intentrec.models.registry import register_backbone
+from intentrec.search_space import Choice, FloatRange, IntRange, SearchSpace
 
 
 class SASRecConfig(BackboneConfig):
@@ -35,6 +36,12 @@ class SASRecConfig(BackboneConfig):
     # The paper's value for the sparse Amazon datasets (0.2 for MovieLens-1M).
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     max_length: int = Field(50, ge=1)
+
+    search_space: ClassVar[SearchSpace] = {
+        "num_blocks": IntRange(low=1, high=3),
+        "num_heads": Choice(choices=(1, 2)),  # both divide the default width 100
+        "dropout": FloatRange(low=0.1, high=0.6),
+    }
 
 
 def window_positions(lengths: torch.Tensor, width: int, max_length: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ from intentrec.data.batch import SessionBatch
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
 from intentrec.models.graph import SessionGraph, session_graph
 from intentrec.models.registry import register_backbone
+from intentrec.search_space import IntRange, SearchSpace
 
 # Trainer values of the SR-GNN paper / authors' main.py, shared by its descendants (NISER, TAGNN, ...).
 SRGNN_TRAIN: dict = {
@@ -127,6 +128,8 @@ class LastClickAttention(nn.Module):
 class SRGNNConfig(BackboneConfig):
     steps: int = Field(1, ge=1, description="GNN propagation steps (paper: 1)")
     hybrid: bool = Field(True, description="session = W3[s_l; s_g]; False = the paper's global-only ablation (s_g)")
+
+    search_space: ClassVar[SearchSpace] = {"steps": IntRange(low=1, high=3)}
 
 
 @register_backbone("srgnn")

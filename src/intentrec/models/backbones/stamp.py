@@ -17,12 +17,19 @@ from intentrec.data.batch import SessionBatch
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput, PaddedItemEmbedding
 from intentrec.models.layers import AdditiveAttention, masked_mean, weighted_sum
 from intentrec.models.registry import register_backbone
+from intentrec.search_space import FloatRange, SearchSpace
 
 
 class STAMPConfig(BackboneConfig):
     # The paper's initialisation: N(0, 0.002²) item embeddings, N(0, 0.05²) weights, zero biases.
     embedding_std: float = Field(0.002, gt=0.0)
     weight_std: float = Field(0.05, gt=0.0)
+
+    # no dropout; the initialisation scales are its only knobs besides the trainer's
+    search_space: ClassVar[SearchSpace] = {
+        "embedding_std": FloatRange(low=1e-3, high=0.05, log=True),
+        "weight_std": FloatRange(low=0.01, high=0.2, log=True),
+    }
 
 
 @register_backbone("stamp")

@@ -32,10 +32,13 @@ from intentrec.models.backbones.srgnn import SRGNN, SRGNN_TRAIN, SRGNNConfig
 from intentrec.models.base import BackboneConfig, BackboneOutput
 from intentrec.models.graph import SessionGraph, segment_softmax, session_graph
 from intentrec.models.registry import register_backbone
+from intentrec.search_space import SearchSpace
 
 
 class TAGNNConfig(SRGNNConfig):
     score_chunk: int = Field(1 << 22, ge=1, description="max (packed nodes × items) per chunk of the target term")
+
+    search_space: ClassVar[SearchSpace] = dict(SRGNNConfig.search_space)
 
 
 @register_backbone("tagnn")

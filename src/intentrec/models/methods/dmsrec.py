@@ -51,6 +51,7 @@ from intentrec.models.features import FeatureTable
 from intentrec.models.methods.base import Method, MethodConfig, TextSourceConfig
 from intentrec.models.methods.losses import ALIGNMENTS
 from intentrec.models.methods.registry import register_method
+from intentrec.search_space import FloatRange, IntRange, SearchSpace
 
 if TYPE_CHECKING:
     from intentrec.data.dataset import PreparedDataset
@@ -84,6 +85,15 @@ class DMsRecConfig(TextSourceConfig):
         default_factory=dict, description="more trainer settings of the candidate runs"
     )
     candidate_work_dir: str | None = Field(None, description="folder for candidate runs (default runs/candidates/...)")
+
+    # candidate settings are left out: each value would build (and train) a new candidate file
+    search_space: ClassVar[SearchSpace] = {
+        "beta": FloatRange(low=0.1, high=1.5, log=True),
+        "alpha_explicit": FloatRange(low=0.1, high=2.0, log=True),
+        "alpha_latent": FloatRange(low=0.1, high=2.0, log=True),
+        "text_dropout": FloatRange(low=0.0, high=0.8),
+        "latent_top": IntRange(low=1, high=10),
+    }
 
     @model_validator(mode="after")
     def _check(self) -> DMsRecConfig:

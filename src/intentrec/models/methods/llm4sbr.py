@@ -36,6 +36,7 @@ from intentrec.models.features import FeatureTable
 from intentrec.models.methods.base import Method, MethodConfig, TextSourceConfig
 from intentrec.models.methods.losses import directau
 from intentrec.models.methods.registry import register_method
+from intentrec.search_space import FloatRange, IntRange, SearchSpace
 
 if TYPE_CHECKING:
     from intentrec.data.dataset import PreparedDataset
@@ -53,6 +54,12 @@ class LLM4SBRConfig(TextSourceConfig):
     shuffle_texts: bool = Field(
         False, description="control: give each example the view vectors of another example of its split"
     )
+
+    search_space: ClassVar[SearchSpace] = {
+        "lambda_au": FloatRange(low=0.01, high=1.0, log=True),
+        "k": IntRange(low=1, high=5),
+        "short_window": IntRange(low=1, high=5),
+    }
 
     @model_validator(mode="after")
     def _check(self) -> LLM4SBRConfig:

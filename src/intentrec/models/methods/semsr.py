@@ -44,6 +44,7 @@ from intentrec.models.features import ItemFeatureTable
 from intentrec.models.layers import PackedTokens
 from intentrec.models.methods.base import Method, MethodConfig
 from intentrec.models.methods.registry import register_method
+from intentrec.search_space import Choice, SearchSpace
 from intentrec.semantic.item_texts import DEFAULT_TEMPLATE, TEMPLATES
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class SemSRConfig(MethodConfig):
     text_dim: int | None = Field(
         None, ge=1, description="reduce the item vectors once (fixed PCA) to this width; None: the encoder's width"
     )
+
+    search_space: ClassVar[SearchSpace] = {"text_dim": Choice(choices=(None, 32, 64, 128))}
 
     @model_validator(mode="after")
     def _known_template(self) -> SemSRConfig:
