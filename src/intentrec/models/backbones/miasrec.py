@@ -202,8 +202,12 @@ class MiaSRec(Backbone):
         else:
             intents = F.normalize(output.session, dim=-1).unsqueeze(1)
             selected = torch.ones(intents.shape[:2], dtype=torch.bool, device=intents.device)
-        logits = torch.einsum("btd,nd->btn", intents, table) / cfg.temperature
-        keep = selected.unsqueeze(-1)
-        best = logits.masked_fill(~keep, float("-inf")).amax(dim=1)
-        mean = (logits * keep).sum(1) / selected.sum(1, keepdim=True).to(logits.dtype)
+        # Only the selected intents are scored (packed row by row): [S, n] rather than [B, T, n].
+        rows, tokens = selected.nonzero(as_tuple=True)
+        counts = selected.sum(1)
+        logits = (intents[rows, tokens] @ table.t()) / cfg.temperature  # [S, n]
+        best = torch.segment_reduce(logits, "max", lengths=counts, axis=0)
+        # The mean of cosines is the cosine against the mean intent (linear), no [S, n] reduction needed.
+        mean_intent = (intents * selected.unsqueeze(-1)).sum(1) / counts.unsqueeze(1).to(intents.dtype)
+        mean = (mean_intent @ table.t()) / cfg.temperature
         return cfg.beta * best + (1 - cfg.beta) * mean
