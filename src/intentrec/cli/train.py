@@ -42,6 +42,13 @@ Running the same command again resumes an interrupted run (only train.epochs may
   intentrec train data/beauty --model gcsan --method llmgr --set method.id_run=runs/gcsan --out runs/llmgr
 
   intentrec train data/beauty --model niser --cold-start 0.1 --out runs/niser-cold   [dim](10% of the items hidden; docs/cold-start.md)[/dim]
+
+  intentrec train data/beauty --model srgnn --ddp --nproc 2 --out runs/srgnn-ddp   [dim](2 CPU processes, gloo; batch_size is the global batch)[/dim]
+
+  torchrun --nproc-per-node 8 -m intentrec.cli.main train data/beauty --model srgnn --set device=cuda --out runs/r8   [dim](NCCL, a GPU each)[/dim]
+
+Several processes (--ddp, or any launch by torchrun): each trains on its share of every global
+batch, rank 0 alone writes the run folder; a killed run resumes with the same command (docs/training.md).
 """
 
 EVALUATE_HELP = """Evaluate a run's best checkpoint with exact full ranking over all items.
@@ -159,8 +166,17 @@ def train_command(
     cold_start_seed: int | None = typer.Option(
         None, "--cold-start-seed", help="Seed of the cold item set (default 0: the same set for every model)."
     ),
+    ddp: bool = typer.Option(
+        False,
+        "--ddp",
+        help="Train in several processes with PyTorch DDP (gloo on CPU, NCCL on CUDA); outside torchrun, "
+        "starts --nproc local processes itself. A torchrun launch uses DDP without this flag.",
+    ),
+    nproc: int | None = typer.Option(
+        None, "--nproc", help="With --ddp outside torchrun: number of processes (default on CUDA: one per GPU)."
+    ),
 ) -> None:
-    from intentrec.training import train
+    from intentrec.training import distributed, train
     from intentrec.training.trainer import epoch_line
 
     model_values, train_values, method_values = resolve_settings(model, config, set_)
@@ -174,26 +190,45 @@ def train_command(
         train_values["cold_start_seed"] = cold_start_seed
     paper_mode = train_values.get("select_on") == "test"
     console = _console()
-    if paper_mode:
+    if nproc is not None and not ddp:
+        raise ConfigError("--nproc goes with --ddp")
+    if ddp and not distributed.torchrun_env():
+        from intentrec.training.run import build_configs
+
+        trainer_cfg = build_configs(model, model_values, train_values, method)[2]
+        count = distributed.local_world_size(nproc, trainer_cfg.device)
+        distributed.check_world(trainer_cfg.batch_size, count)
+        # the same command once per rank; each finds torchrun's variables and joins the job
+        code = distributed.launch([sys.executable, "-m", "intentrec.cli.main", *sys.argv[1:]], count)
+        if code != 0:
+            raise typer.Exit(code if code > 0 else 128 - code)
+        return
+    main = distributed.process_rank() == 0  # under torchrun only rank 0 prints
+    if paper_mode and main:
         console.print(Panel(PAPER_BANNER, style="bold red"))
     from intentrec.training.run import build_configs
 
     _, _, trainer_cfg = build_configs(model, model_values, train_values, method)
-    result = train(
-        dataset_dir,
-        model,
-        model_values,
-        trainer_cfg,
-        out=out,
-        resume=resume,
-        progress=progress and sys.stderr.isatty(),
-        on_epoch=lambda record: console.print(
-            epoch_line(record, (trainer_cfg.select_metric,), trainer_cfg.paper_mode), markup=False
-        ),
-        command="intentrec " + shlex.join(sys.argv[1:]),
-        method=method,
-        method_config=method_values if method else None,
-    )
+    try:
+        result = train(
+            dataset_dir,
+            model,
+            model_values,
+            trainer_cfg,
+            out=out,
+            resume=resume,
+            progress=progress and sys.stderr.isatty(),
+            on_epoch=lambda record: console.print(
+                epoch_line(record, (trainer_cfg.select_metric,), trainer_cfg.paper_mode), markup=False
+            ),
+            command="intentrec " + shlex.join(sys.argv[1:]),
+            method=method,
+            method_config=method_values if method else None,
+        )
+    except distributed.RankZeroFailed:
+        raise typer.Exit(2) from None  # rank 0 prints the error
+    if not main:
+        return
     metrics = result.metrics
     columns = {"test": result.test} if result.paper_mode else {"valid": result.valid, "test": result.test}
     caption = f"{metrics['selection']}; best epoch {result.best_epoch} of {result.epochs_run}" + (

@@ -55,12 +55,20 @@ class ExampleSet:
         max_length: int | None = None,
     ) -> Iterator[SessionBatch]:
         """Padded batches in file order, or shuffled with a seeded permutation."""
+        for rows in self.batch_rows(batch_size, shuffle=shuffle, seed=seed):
+            yield self.batch(rows, max_length)
+
+    def batch_rows(self, batch_size: int, *, shuffle: bool = False, seed: int | None = None) -> Iterator[np.ndarray]:
+        """The row positions of each batch of :meth:`batches` (several processes shard them, training/distributed.py)."""
         order = np.arange(len(self))
         if shuffle:
             order = np.random.default_rng(seed).permutation(len(self))
         for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            yield pad_csr(self.values, self.offsets, rows, self.example_ids, self.targets, max_length)
+            yield order[start : start + batch_size]
+
+    def batch(self, rows: np.ndarray, max_length: int | None = None) -> SessionBatch:
+        """The padded batch of ``rows`` (positions)."""
+        return pad_csr(self.values, self.offsets, rows, self.example_ids, self.targets, max_length)
 
     def num_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size

@@ -20,6 +20,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from intentrec.training.checkpoint import (
     save_weights,
 )
 from intentrec.training.config import TrainerConfig
+from intentrec.training.distributed import Distributed, check_world, join, torchrun_env
 from intentrec.training.run import (
     COLD_ITEMS,
     LOCK,
@@ -110,6 +112,7 @@ def train(
     method: str | None = None,
     method_config: dict[str, Any] | MethodConfig | None = None,
     evaluate_test: bool = True,
+    ddp: bool | None = None,
 ) -> TrainResult:
     """Train backbone ``model`` on a prepared dataset into run folder ``out``.
 
@@ -120,15 +123,37 @@ def train(
     in a registered method (e.g. ``"llm4sbr"``) configured by ``method_config``.
     ``evaluate_test=False`` (hyper-parameter tuning) never evaluates TEST: ``metrics.json`` then has
     no ``test``; valid mode without ``track_test`` only.
+    ``ddp``: train as one rank of a DDP job (:mod:`intentrec.training.distributed`): ``None`` when the
+    process was started by torchrun (its environment variables are set), ``True`` requires that.
     """
     dataset = PreparedDataset(dataset_dir)
     _, model_cfg, cfg = build_configs(model, model_config, trainer_config, method)
     run = RunDir(Path(out))
     method_cfg = build_method_config(method, method_config) if method else None
     record = run_record(dataset, model, model_cfg, cfg, command, method, method_cfg)
-    with exclusive_lock(run.path / LOCK, what=f"run folder {run.path}"):
+    dist = join(cfg.device) if ddp or (ddp is None and torchrun_env()) else None
+    if dist is not None:
+        check_world(cfg.batch_size, dist.world_size)
+        record["distributed"] = dist.describe()
+
+    def lock() -> AbstractContextManager[Any]:
+        return exclusive_lock(run.path / LOCK, what=f"run folder {run.path}")
+
+    with lock() if dist is None else dist.held_by_main(lock):  # DDP: rank 0 holds the lock
         return _train_locked(
-            dataset, model, model_cfg, cfg, run, record, resume, progress, on_epoch, method, method_cfg, evaluate_test
+            dataset,
+            model,
+            model_cfg,
+            cfg,
+            run,
+            record,
+            resume,
+            progress,
+            on_epoch,
+            method,
+            method_cfg,
+            evaluate_test,
+            dist,
         )
 
 
@@ -145,9 +170,25 @@ def _train_locked(
     method: str | None,
     method_cfg: MethodConfig | None,
     evaluate_test: bool = True,
+    dist: Distributed | None = None,
 ) -> TrainResult:
     if not evaluate_test and (cfg.paper_mode or cfg.track_test):
         raise ConfigError("a run that never evaluates TEST needs train.select_on=valid and train.track_test=false")
+    if dist is None:
+        finished = _open_run(run, record, cfg, resume, evaluate_test)
+    else:  # rank 0 checks and prepares the folder; the other ranks follow its outcome
+        finished = dist.run_on_main(lambda: _open_run(run, record, cfg, resume, evaluate_test))
+    if finished is not None:
+        return finished
+    loop = _Loop(dataset, backbone, model_cfg, cfg, run, progress, on_epoch, method, method_cfg, evaluate_test, dist)
+    return loop.run(resume=resume)
+
+
+def _open_run(
+    run: RunDir, record: dict[str, Any], cfg: TrainerConfig, resume: bool, evaluate_test: bool
+) -> TrainResult | None:
+    """The stored result of a finished run with these settings, else None once the folder is ready
+    to train into (to be resumed, or cleared) with ``config.json`` written."""
     if run.has_run() and resume:
         old = run.read_json("config.json")
         try:
@@ -169,9 +210,7 @@ def _train_locked(
         run.clear()
     run.metrics.unlink(missing_ok=True)  # a stale metrics.json must never outlive new epochs
     write_record(run, record)
-
-    loop = _Loop(dataset, backbone, model_cfg, cfg, run, progress, on_epoch, method, method_cfg, evaluate_test)
-    return loop.run(resume=resume)
+    return None
 
 
 def _finished_result(run: RunDir, cfg: TrainerConfig, evaluate_test: bool = True) -> TrainResult | None:
@@ -212,16 +251,19 @@ class _Loop:
         method: str | None = None,
         method_cfg: MethodConfig | None = None,
         evaluate_test: bool = True,
+        dist: Distributed | None = None,
     ):
         self.dataset, self.cfg, self.run_dir = dataset, cfg, run
         self.evaluate_test = evaluate_test
-        self.progress = sys.stderr.isatty() if progress is None else progress
-        self.on_epoch = on_epoch
+        self.dist = dist
+        self.main = dist is None or dist.is_main  # the process that writes the run folder
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.main
+        self.on_epoch = on_epoch if self.main else None
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
         if cfg.keep_freed_memory:
             keep_freed_memory()
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device) if dist is None else dist.device
         self.cold: dict[str, Any] | None = None
         if cfg.cold_start is not None:
             dataset = self.dataset = self._hide_cold_items(dataset)
@@ -248,7 +290,10 @@ class _Loop:
                 "the full train split (cold items included); train it without cold_start"
             )
         require_inputs(self.model, dataset)
-        self.model.prepare(dataset)
+        if dist is None:
+            self.model.prepare(dataset)
+        else:  # rank 0 first, so what prepare caches on disk is written once
+            dist.main_first(lambda: self.model.prepare(dataset))
         self.model.to(self.device)
         # A model may lack features for some examples (an LLM stage that did not reach them): it
         # either refuses, or (a method's restrict_to_covered) the run uses only the covered examples.
@@ -274,6 +319,8 @@ class _Loop:
         plan = self.model.training_plan(cfg, self.device) if trainable else TrainingPlan(optimizer=None)
         self.optimizer, self.scheduler, self.accumulate = plan.optimizer, plan.scheduler, plan.accumulate
         self.step_scheduler = plan.scheduler_interval == "step"
+        if dist is not None:
+            dist.run_on_main(lambda: dist.check_model(self.model, self.trains and self.optimizer is not None))
         self.state: dict[str, Any] = {
             "epoch": 0,
             "best_epoch": 0,
@@ -289,7 +336,8 @@ class _Loop:
 
         cold = choose_cold_items(dataset, self.cfg.cold_start, self.cfg.cold_start_seed)
         recorded = cold.to_json(dataset)
-        write_json(self.run_dir / COLD_ITEMS, recorded)
+        if self.main:
+            write_json(self.run_dir / COLD_ITEMS, recorded)
         self.cold = {k: v for k, v in recorded.items() if k not in ("item_indices", "item_ids")}
         self.cold["file"] = COLD_ITEMS
         return ColdStartView(dataset, cold)
@@ -302,10 +350,11 @@ class _Loop:
             self.state = load_training_state(run.last, self.model, self.optimizer, self.scheduler)
             # The state is the truth: a log line written after the last saved state is dropped,
             # one missing is restored, so resuming never duplicates or loses lines.
-            with atomic_open(run.log, "w", encoding="utf-8") as fh:
-                for rec in self.state["history"]:
-                    fh.write(_json_line(rec))
-        else:
+            if self.main:
+                with atomic_open(run.log, "w", encoding="utf-8") as fh:
+                    for rec in self.state["history"]:
+                        fh.write(_json_line(rec))
+        elif self.main:
             run.log.unlink(missing_ok=True)
             run.best.unlink(missing_ok=True)
 
@@ -338,7 +387,9 @@ class _Loop:
         }
         self.state["phase_epochs"] = done + 1
         self.state.setdefault("phases", []).append(record)
-        save_training_state(self.run_dir.last, self.model, self.optimizer, self.scheduler, self.state)
+        if self.main:
+            save_training_state(self.run_dir.last, self.model, self.optimizer, self.scheduler, self.state)
+        self._sync_state()
 
     def _epoch(self, epoch: int) -> None:
         cfg, run = self.cfg, self.run_dir
@@ -359,7 +410,8 @@ class _Loop:
         improved = best is None or value > best
         if improved:
             self.state.update(best_value=value, best_epoch=epoch, bad_epochs=0)
-            save_weights(run.best, self.model, {"epoch": epoch, cfg.select_metric: value})
+            if self.main:
+                save_weights(run.best, self.model, {"epoch": epoch, cfg.select_metric: value})
         else:
             self.state["bad_epochs"] += 1
         if cfg.patience is not None and self.state["bad_epochs"] >= cfg.patience:
@@ -379,8 +431,10 @@ class _Loop:
         self.state["epoch"] = epoch
         self.state["history"].append(record)
         # Order matters for crash safety: the resume state (with this record) first, then the log.
-        save_training_state(run.last, self.model, self.optimizer, self.scheduler, self.state)
-        append_jsonl(run.log, record)
+        if self.main:
+            save_training_state(run.last, self.model, self.optimizer, self.scheduler, self.state)
+            append_jsonl(run.log, record)
+        self._sync_state()
         if self.on_epoch is not None:
             self.on_epoch(record)
 
@@ -415,7 +469,10 @@ class _Loop:
             file=sys.stderr,
         )
         seed = cfg.seed + epoch if seed is None else seed
-        batches = examples.batches(cfg.batch_size, shuffle=True, seed=seed, max_length=cfg.max_length)
+        if self.dist is None:
+            batches = examples.batches(cfg.batch_size, shuffle=True, seed=seed, max_length=cfg.max_length)
+        else:  # this rank's shard of the same global batches
+            batches = self.dist.batches(examples, cfg.batch_size, seed=seed, max_length=cfg.max_length)
         accumulate = self.accumulate
         for step, batch in enumerate(batches, start=1):
             batch = batch.to(self.device)
@@ -423,21 +480,39 @@ class _Loop:
             # partial group still steps, so no batch's gradient is dropped (accumulate=1: every batch)
             if (step - 1) % accumulate == 0:
                 self.optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(batch)
-            (loss if accumulate == 1 else loss / accumulate).backward()
-            if step % accumulate == 0 or step == num_batches:
+            stepping = step % accumulate == 0 or step == num_batches
+            if self.dist is None:
+                loss = loss_fn(batch)
+                (loss if accumulate == 1 else loss / accumulate).backward()
+                loss_sum, count = loss.detach() * batch.size, batch.size
+            else:  # gradients all-reduced over the ranks before each optimiser step
+                loss_sum, count = self.dist.forward_backward(
+                    self.model, loss_fn, batch, sync=stepping, accumulate=accumulate
+                )
+            if stepping:
                 self.optimizer.step()
                 if self.step_scheduler:
                     self.scheduler.step()
-            total += loss.detach() * batch.size
-            seen += batch.size
+            total += loss_sum
+            seen += count
             bar.update(1)
             if self.progress and step % _PROGRESS_SYNC_STEPS == 0:
                 bar.set_postfix(loss=f"{total.item() / seen:.4f}")
         bar.close()
+        if self.dist is not None:
+            total, seen = self.dist.sum_loss(total, seen)
         return float(total.item() / max(seen, 1))
 
     def _evaluate(self, examples: ExampleSet) -> dict[str, float]:
+        if self.dist is not None:  # each rank ranks a part, all gather: exact metrics over the whole split
+            return self.dist.evaluate(
+                self.model,
+                examples,
+                ks=self.cfg.ks,
+                batch_size=self.cfg.eval_batch_size,
+                max_length=self.cfg.max_length,
+                device=self.device,
+            )
         return evaluate_model(
             self.model,
             examples,
@@ -526,8 +601,17 @@ class _Loop:
         if "phases" in state:
             metrics["phases"] = state["phases"]
         metrics["peak_rss_mb"] = peak_rss_mb()
-        write_json(run.metrics, metrics)
+        if self.main:
+            write_json(run.metrics, metrics)
+        if self.dist is not None:  # every rank returns rank 0's metrics (its timings and memory)
+            metrics = self.dist.broadcast(metrics)
         return _result(run, metrics)
+
+    def _sync_state(self) -> None:
+        """DDP: every rank continues with rank 0's bookkeeping (best epoch, patience, early stop),
+        received once rank 0 has written the epoch's files."""
+        if self.dist is not None:
+            self.state = self.dist.broadcast(self.state)
 
 
 def epoch_line(record: dict[str, Any], metrics: tuple[str, ...], paper_mode: bool) -> str:
