@@ -36,6 +36,7 @@ _COMMAND_MODULES = (
     "experiment",
     "candidates",
     "llm_rank",
+    "distill",
     "tune",
     "serve",
 )

@@ -45,6 +45,10 @@ TEMPLATES = {"long": "llm4sbr-long", "short": "llm4sbr-short", "normal": "llm4sb
 
 
 class LLM4SBRConfig(TextSourceConfig):
+    source: Literal["titles", "llm", "distilled"] = Field(
+        "titles", description="where the texts come from (distilled: a student trained by 'intentrec distill')"
+    )
+    student: str | None = Field(None, description="source=distilled: the student folder")
     views: list[Literal["long", "short"]] = Field(default_factory=lambda: ["long", "short"])
     normal: bool = Field(False, description="one unqualified view instead of long + short")
     lambda_au: float = Field(0.1, ge=0, description="weight of the alignment + uniformity losses")
@@ -65,6 +69,10 @@ class LLM4SBRConfig(TextSourceConfig):
     def _check(self) -> LLM4SBRConfig:
         if not self.views and not self.normal:
             raise ValueError("views is empty: keep at least one of long, short (or set normal=true)")
+        if self.source == "distilled" and not self.student:
+            raise ValueError("source=distilled needs student=<folder written by 'intentrec distill'>")
+        if self.student and self.source != "distilled":
+            raise ValueError(f"student is only read with source=distilled (source is {self.source})")
         return self
 
     def view_names(self) -> tuple[str, ...]:
@@ -95,6 +103,7 @@ class LLM4SBR(Method):
         self.w_short = nn.Linear(d, 1, bias=False)
         self.combine = nn.Linear(2 * d, d)
         self.text_proj: nn.Linear | None = None  # created by attach() once the text width is known
+        self._student = None  # source=distilled: set by load_features (not a submodule, never checkpointed)
 
     @property
     def trains(self) -> bool:
@@ -112,7 +121,7 @@ class LLM4SBR(Method):
         encoder = get_encoder(cfg.encoder)
         names = cfg.view_names()
         catalogue = None
-        if cfg.infer_only or cfg.source == "titles":
+        if cfg.infer_only or cfg.source in ("titles", "distilled"):
             from intentrec.semantic.intents import embed_catalogue
 
             catalogue = embed_catalogue(dataset.path, encoder, normalize=True).vectors
@@ -124,6 +133,12 @@ class LLM4SBR(Method):
                 dataset.path, encoder, views=wanted, k=cfg.k, short_window=cfg.short_window, catalogue=catalogue
             )
             out = {v: tables["long" if v == "normal" else v] for v in names}
+        elif cfg.source == "distilled":
+            from intentrec.semantic.distill import distilled_views
+
+            out, self._student = distilled_views(
+                dataset.path, cfg.student, encoder, views=names, k=cfg.k, catalogue=catalogue
+            )
         else:
             from intentrec.semantic.llm import resolve_llm_identity
 
@@ -146,16 +161,18 @@ class LLM4SBR(Method):
 
     def serving_problem(self) -> str | None:
         cfg: LLM4SBRConfig = self.config
-        if cfg.source != "titles":
+        if cfg.source == "llm":
             return "its views come from LLM answers generated per dataset example (source=llm)"
         if cfg.shuffle_texts:
             return "it is the shuffled-texts control (its views belong to other examples)"
         if getattr(self, "_catalogue32", None) is None:
             return "the title catalogue is not loaded (call prepare(dataset) first)"
+        if cfg.source == "distilled" and getattr(self, "_student", None) is None:
+            return "the student is not loaded (call prepare(dataset) first)"
         return None
 
     def session_features(self, batch: SessionBatch) -> dict[str, torch.Tensor] | None:
-        """The ``titles`` source for sessions outside the dataset: the same rule as the stored views."""
+        """Sessions outside the dataset: the ``titles`` rule or the student, exactly as the stored views."""
         cfg: LLM4SBRConfig = self.config
         if self.serving_problem() is not None:
             return None
@@ -165,6 +182,12 @@ class LLM4SBR(Method):
         lengths = batch.lengths.cpu().numpy()
         values = batch.items.cpu().numpy()[batch.mask.cpu().numpy()]
         offsets = np.concatenate([[0], np.cumsum(lengths)])
+        if cfg.source == "distilled":
+            predicted = self._student.predict(values, offsets)
+            return {
+                n: torch.from_numpy(predicted[n].astype(np.float16)).float().to(batch.items.device)
+                for n in self.features
+            }
         out = {}
         for name in self.features:
             window = None if name in ("long", "normal") else cfg.short_window
@@ -177,6 +200,8 @@ class LLM4SBR(Method):
     def run_info(self) -> dict[str, Any]:
         cfg: LLM4SBRConfig = self.config
         info = {**super().run_info(), "source": cfg.source, "views": list(cfg.view_names()), "k": cfg.k}
+        if cfg.source == "distilled":
+            info["student"] = cfg.student
         if cfg.shuffle_texts:
             info["control"] = "shuffled: each example got the view vectors of another example of its split"
         return info
