@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from intentrec.data.dataset import PreparedDataset, all_examples
-from intentrec.semantic.distill import (
+from intentrec.models.methods.llm4sbr_distill import (
     Student,
     StudentConfig,
     _titles_baseline,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from intentrec.cli.main import main
-from intentrec.semantic.distill import run_teacher
+from intentrec.models.methods.llm4sbr_distill import run_teacher
 from intentrec.semantic.llm import resolve_llm_identity
 from intentrec.semantic.store import AnswerStore
 from tests.helpers.distill import TitleTeacher, make_title_bert

@@ -64,8 +64,8 @@ def distill(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     from intentrec.errors import ConfigError
-    from intentrec.semantic.distill import StudentConfig, TeacherResult, cosine_report
-    from intentrec.semantic.distill import distill as run_distill
+    from intentrec.models.methods.llm4sbr_distill import StudentConfig, TeacherResult, cosine_report
+    from intentrec.models.methods.llm4sbr_distill import distill as run_distill
     from intentrec.semantic.llm.base import DecodingConfig
 
     if out is None and not teacher_only:

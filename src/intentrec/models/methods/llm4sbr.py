@@ -134,7 +134,7 @@ class LLM4SBR(Method):
             )
             out = {v: tables["long" if v == "normal" else v] for v in names}
         elif cfg.source == "distilled":
-            from intentrec.semantic.distill import distilled_views
+            from intentrec.models.methods.llm4sbr_distill import distilled_views
 
             out, self._student = distilled_views(
                 dataset.path, cfg.student, encoder, views=names, k=cfg.k, catalogue=catalogue

@@ -111,7 +111,7 @@ def title_views(
             "window": window,
         }
         path = _title_view_path(dataset_dir, view, key, k)
-        cached = _load_if_current(path, meta)
+        cached = load_if_current(path, meta)
         if cached is None:
             if catalogue is None:
                 catalogue = embed_catalogue(dataset_dir, encoder, normalize=True, batch_size=batch_size).vectors
@@ -125,7 +125,7 @@ def title_views(
     return tables
 
 
-def _load_if_current(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+def load_if_current(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     if not path.is_file():
         return None
     try:

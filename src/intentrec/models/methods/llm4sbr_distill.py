@@ -283,7 +283,7 @@ def distilled_views(
     A student made for another dataset, encoder or k, or lacking a view, is one :class:`ConfigError`.
     """
     from intentrec.models.features import FeatureTable
-    from intentrec.models.methods.llm4sbr_features import _load_if_current
+    from intentrec.models.methods.llm4sbr_features import load_if_current
     from intentrec.semantic.intents import SEMANTIC_DIR, embed_catalogue, write_safetensors
     from intentrec.semantic.store import dataset_fingerprint
 
@@ -317,7 +317,7 @@ def distilled_views(
             "k": k,
         }
         path = dataset_dir / SEMANTIC_DIR / f"views.distilled-{view}.{student.weights_sha256[:12]}.safetensors"
-        cached = _load_if_current(path, meta)
+        cached = load_if_current(path, meta)
         metas[view] = (meta, path)
         if cached is None:
             todo.append(view)

@@ -16,7 +16,7 @@ import torch
 from intentrec.data.batch import SessionBatch
 from intentrec.data.dataset import PreparedDataset, all_examples
 from intentrec.errors import ConfigError
-from intentrec.semantic.distill import (
+from intentrec.models.methods.llm4sbr_distill import (
     StudentConfig,
     distill,
     distilled_views,
