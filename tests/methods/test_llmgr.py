@@ -145,17 +145,18 @@ def test_alignment_stage_targets_each_titled_item(dataset):
     assert make(dataset, stage1=False).training_phases() == ()
 
 
-def test_samples_are_seeded_and_match_evaluate_sample(dataset):
+def test_train_sample_is_seeded_and_eval_sample_is_the_trainers(dataset):
     from intentrec.semantic.infer import select_rows
 
-    model = make(dataset, train_sample=20, eval_sample=7, sample_seed=3)
+    model = make(dataset, train_sample=20, sample_seed=3)
     train = model.select_examples(dataset.examples("train"))
-    assert len(train) == 20 and model.train_size == 20
+    rows = select_rows(len(dataset.examples("train")), limit=None, sample=20, seed=3)
+    assert train.example_ids.tolist() == dataset.examples("train").example_ids[rows].tolist()
+    assert model.train_size == 20
     test = dataset.examples("test")
-    rows = select_rows(len(test), limit=None, sample=7, seed=3)
-    assert model.select_examples(test).example_ids.tolist() == test.example_ids[rows].tolist()
-    # evaluate --sample 7 --seed 3 first, then the method: the same examples
-    assert model.select_examples(test.subset(rows)).example_ids.tolist() == test.example_ids[rows].tolist()
+    assert model.select_examples(test) is test  # valid/test samples: train.eval_sample, for every model
+    with pytest.raises(ConfigError, match="method.eval_sample moved to train.eval_sample"):
+        make(dataset, eval_sample=7)
 
 
 # ---------------------------------------------------------------------- runs
@@ -229,6 +230,56 @@ def test_resume_after_kills_in_both_stages_is_bit_identical(run_data, id_run, tm
     assert split.test == full.test
     loaded = load_run(tmp_path / "split")  # rebuilt from config.json, the ID run and the checkpoint
     assert loaded.model.frozen_pretrained()["backbone."]["model"] == "gcsan"
+
+
+def test_eval_sample_and_id_model_from_the_command_line(run_data, id_run, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from intentrec.cli.main import app
+    from intentrec.training import evaluate_run, load_run
+
+    out = tmp_path / "cli"
+    args = ["train", str(run_data), "--method", "llmgr", "--id-model", str(id_run), "--out", str(out), "--no-progress"]
+    for key, value in {**TINY_LLMGR, "stage1": False}.items():
+        args += ["--set", f"method.{key}={value}"]
+    for key, value in {**TRAIN, "epochs": 1, "eval_sample": 5, "eval_sample_seed": 2}.items():
+        args += ["--set", f"train.{key}={'null' if value is None else value}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["name"] == "gcsan"  # from the ID run: no --model given
+    assert config["method"]["config"]["id_run"] == str(id_run)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_examples"]["test"] == 5 and "test on a seeded sample of 5 examples" in metrics["selection"]
+    report = evaluate_run(load_run(out), "test", sample=5, seed=2)
+    assert report["metrics"] == pytest.approx(metrics["test"])
+    # the backbone alone on the same sample: the same example ids
+    alone = evaluate_run(load_run(id_run), "test", sample=5, seed=2)
+    assert alone["sample"]["example_ids"] == report["sample"]["example_ids"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "give the method that reads it"),
+        (["--method", "llmgr", "--set", "method.id_run=other"], "name different runs"),
+    ],
+)
+def test_id_model_errors(id_run, tmp_path, extra, message):
+    from typer.testing import CliRunner
+
+    from intentrec.cli.main import app
+
+    result = CliRunner().invoke(
+        app, ["train", str(tmp_path), "--id-model", str(id_run), "--out", str(tmp_path / "o"), *extra]
+    )
+    assert isinstance(result.exception, ConfigError) and message in str(result.exception)
+    method_run = CliRunner().invoke(
+        app, ["train", str(tmp_path), "--method", "llmgr", "--id-model", str(tmp_path), "--out", "x"]
+    )
+    assert "is not a trained run folder" in str(method_run.exception)
 
 
 def test_id_run_must_match_the_backbone(run_data, id_run, tmp_path):

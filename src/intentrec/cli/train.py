@@ -41,6 +41,10 @@ Running the same command again resumes an interrupted run (only train.epochs may
 
   intentrec train data/beauty --model gcsan --method llmgr --set method.id_run=runs/gcsan --out runs/llmgr
 
+  intentrec train data/beauty --method llmgr --id-model runs/gcsan --out runs/llmgr   [dim](the same; --model from the run)[/dim]
+
+  intentrec train data/beauty --model gcsan --set train.eval_sample=2000 --out runs/gcsan   [dim](valid/test: evaluate --sample 2000's rows)[/dim]
+
   intentrec train data/beauty --model niser --cold-start 0.1 --out runs/niser-cold   [dim](10% of the items hidden; docs/cold-start.md)[/dim]
 
   intentrec train data/beauty --model srgnn --ddp --nproc 2 --out runs/srgnn-ddp   [dim](2 CPU processes, gloo; batch_size is the global batch)[/dim]
@@ -146,10 +150,17 @@ def slices_table(sliced: dict[str, dict[str, Any]], keys: list[str]) -> Table:
 
 def train_command(
     dataset_dir: Path = typer.Argument(..., help="A prepared dataset folder (intentrec prepare)."),
-    model: str = typer.Option(..., "--model", "-m", help="Backbone name, e.g. srgnn, stamp, gru4rec."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Backbone name, e.g. srgnn, stamp (default with --id-model: that run's, with its model.*).",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (created if missing)."),
     method: str | None = typer.Option(
-        None, "--method", help="Wrap the backbone in an LLM method: llm4sbr, dmsrec, semsr or llmgr (options: --set method.X=...)."
+        None,
+        "--method",
+        help="Wrap the backbone in an LLM method: llm4sbr, dmsrec, semsr or llmgr (options: --set method.X=...).",
     ),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML/JSON settings file."),
     set_: list[str] | None = typer.Option(
@@ -166,6 +177,9 @@ def train_command(
     cold_start_seed: int | None = typer.Option(
         None, "--cold-start-seed", help="Seed of the cold item set (default 0: the same set for every model)."
     ),
+    id_model: Path | None = typer.Option(
+        None, "--id-model", help="A trained backbone run as the method's ID side (= --set method.id_run=RUN)."
+    ),
     ddp: bool = typer.Option(
         False,
         "--ddp",
@@ -179,7 +193,20 @@ def train_command(
     from intentrec.training import distributed, train
     from intentrec.training.trainer import epoch_line
 
+    id_model_values: dict[str, Any] = {}
+    if id_model is not None:
+        if method is None:
+            raise ConfigError("--id-model RUN sets method.id_run; give the method that reads it (--method llmgr)")
+        if model is None:  # the ID run's backbone and its model.* settings, under the user's
+            model, id_model_values = id_run_backbone(id_model)
+    if model is None:
+        raise ConfigError("--model is required (or --id-model RUN, which takes the backbone from that run)")
     model_values, train_values, method_values = resolve_settings(model, config, set_)
+    model_values = deep_merge(id_model_values, model_values)
+    if id_model is not None:
+        if method_values.get("id_run") not in (None, str(id_model)):
+            raise ConfigError("--id-model and --set method.id_run name different runs; give one")
+        method_values["id_run"] = str(id_model)
     if method_values and method is None:
         raise ConfigError("method.* settings were given but no --method")
     if select_on is not None:
@@ -253,6 +280,21 @@ def train_command(
                 f"For comparison, valid-selected (epoch {honest['epoch']}): "
                 f"test {trainer_cfg.select_metric} {honest['test'][trainer_cfg.select_metric]:.4f}"
             )
+
+
+def id_run_backbone(run_dir: Path) -> tuple[str, dict[str, Any]]:
+    """The backbone a run folder trained and its settings (for ``--id-model`` without ``--model``)."""
+    from intentrec.training.run import CONFIG, RunDir
+
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"--id-model: {run_dir} is not a trained run folder (no {CONFIG})")
+    record = RunDir(run_dir).read_json(CONFIG)
+    if record.get("method"):
+        raise ConfigError(f"--id-model: {run_dir} is a '{record['method']['name']}' run; give a backbone run")
+    try:
+        return str(record["model"]["name"]), dict(record["model"]["config"])
+    except (KeyError, TypeError):
+        raise ConfigError(f"--id-model: {run_dir}/{CONFIG} names no model") from None
 
 
 def evaluate_command(

@@ -6,6 +6,7 @@ stable, and names its run folder and record: ``beauty/srgnn+llm4sbr/wo-au/s0``.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ Status = Literal["done", "todo", "stale"]
 RERANK_SECTION = "rerank"
 #: appended to the variant of the re-ranked run
 RERANK_SUFFIX = "+"
+#: the method setting naming a trained run the method reads (LLMGR's ID side); may hold placeholders
+ID_RUN = "id_run"
+ID_RUN_PLACEHOLDERS = ("{seed}", "{dataset}", "{backbone}")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class RunSpec:
     seed: int
     settings: Settings  # {"model": {...}, "train": {... "seed": seed}, ["method": {...}], ["rerank": {...}]}
     order: int  # position in the expanded grid (report order)
+    needs: tuple[str, ...] = ()  # runs of the grid this one reads (its method.id_run), trained first
 
     @property
     def rerank(self) -> tuple[str, str] | None:
@@ -97,8 +102,11 @@ def expand(spec: ExperimentSpec) -> list[RunSpec]:
                         settings = merge_settings(top, block, values)
                         if "seed" in settings.get("train", {}):
                             raise ConfigError(f"grids[{i}]: set seeds with 'seeds: [...]', not train.seed")
+                        if grid.id_run_from is not None:
+                            _check_id_run_from(i, variant, method, settings)
                         for seed in grid.seeds or spec.seeds:
                             run = _run(dataset, backbone, method, variant, seed, settings, len(runs))
+                            run = _with_id_run(run, grid.id_run_from, spec.runs_dir)
                             where = f"grids[{i}] (variant '{variant}')"
                             _add(runs, origin, run, where)
                             if grid.rerank_with is not None and not run.paper_mode:
@@ -108,7 +116,51 @@ def expand(spec: ExperimentSpec) -> list[RunSpec]:
             raise ConfigError(
                 f"{origin[run.run_id]}: rerank_with names run {run.rerank[1]}, which the grid does not define"
             )
-    return list(runs.values())
+        for need in run.needs:
+            if need not in runs:
+                raise ConfigError(f"{origin[run.run_id]}: id_run_from names run {need}, which the grid does not define")
+    return [_with_grid_id_run(run, runs, spec.runs_dir) for run in runs.values()]
+
+
+def _check_id_run_from(i: int, variant: str, method: str | None, settings: Settings) -> None:
+    if method is None:
+        raise ConfigError(
+            f"grids[{i}]: id_run_from sets method.{ID_RUN}, which a backbone-alone run ('none') does not "
+            "have; put the 'none' rows in another block"
+        )
+    if ID_RUN in settings.get("method", {}):
+        raise ConfigError(f"grids[{i}] (variant '{variant}'): give method.{ID_RUN} or id_run_from, not both")
+
+
+def _with_id_run(run: RunSpec, by: Any, runs_dir: str) -> RunSpec:
+    """``method.id_run`` of a run: ``id_run_from``'s row of the same dataset and seed, or its placeholders filled."""
+    method = dict(run.settings.get("method") or {})
+    if by is not None:
+        other_method = None if by.method == NO_METHOD else by.method
+        other = make_run_id(run.dataset, by.backbone or run.backbone, other_method, by.variant, run.seed)
+        if other == run.run_id:
+            raise ConfigError(f"run {run.run_id} cannot be its own ID run (id_run_from names the same row)")
+        method[ID_RUN] = (Path(runs_dir) / other).as_posix()
+        return dataclasses.replace(run, settings={**run.settings, "method": method}, needs=(other,))
+    value = method.get(ID_RUN)
+    if not isinstance(value, str) or not any(p in value for p in ID_RUN_PLACEHOLDERS):
+        return run
+    for placeholder, filled in zip(ID_RUN_PLACEHOLDERS, (str(run.seed), run.dataset, run.backbone), strict=True):
+        value = value.replace(placeholder, filled)
+    method[ID_RUN] = value
+    return dataclasses.replace(run, settings={**run.settings, "method": method})
+
+
+def _with_grid_id_run(run: RunSpec, runs: dict[str, RunSpec], runs_dir: str) -> RunSpec:
+    """A run whose ``method.id_run`` is another run's folder of this grid needs that run first."""
+    value = (run.settings.get("method") or {}).get(ID_RUN)
+    if run.needs or not isinstance(value, str):
+        return run
+    try:
+        other = Path(value).relative_to(Path(runs_dir)).as_posix()
+    except ValueError:
+        return run
+    return dataclasses.replace(run, needs=(other,)) if other in runs and other != run.run_id else run
 
 
 def _rerank_run(run: RunSpec, by: Any, order: int) -> RunSpec:
@@ -166,7 +218,24 @@ def execution_order(runs: list[RunSpec]) -> list[RunSpec]:
         per_group[run.group] = position + 1
         # evaluation-only rows come after the trainings they need
         keyed.append(((run.rerank is not None, position, rank[run.seed], run.order), run))
-    return [run for _, run in sorted(keyed, key=lambda item: item[0])]
+    ordered = [run for _, run in sorted(keyed, key=lambda item: item[0])]
+    # a run comes after the runs it reads (its ID run), wherever their rows are in the file
+    by_id = {run.run_id: run for run in ordered}
+    out: list[RunSpec] = []
+    placed: set[str] = set()
+
+    def place(run: RunSpec) -> None:
+        if run.run_id in placed:
+            return
+        placed.add(run.run_id)
+        for need in run.needs:
+            if need in by_id:
+                place(by_id[need])
+        out.append(run)
+
+    for run in ordered:
+        place(run)
+    return out
 
 
 # --------------------------------------------------------------------------- status

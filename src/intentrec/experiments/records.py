@@ -114,6 +114,8 @@ def build_record(
         record["valid_selected"] = metrics["valid_selected"]
     if metrics.get("semantic") is not None:
         record["semantic"] = metrics["semantic"]
+    if metrics.get("eval_sample") is not None:
+        record["eval_sample"] = metrics["eval_sample"]
     record.update(
         run_dir=display_path(Path(result.run_dir)),
         library_version=__version__,
@@ -153,11 +155,12 @@ def test_ranks_entry(run_dir: Path, expected: dict[str, float], ks: list[int]) -
     from intentrec.evaluation import rank_examples
     from intentrec.evaluation.metrics import metrics_from_ranks
     from intentrec.experiments.significance import encode_ranks
+    from intentrec.training.eval_sample import evaluated_examples
     from intentrec.training.run import load_run
 
     trained = load_run(run_dir)
     cfg = trained.trainer
-    examples = trained.model.select_examples(trained.dataset.examples("test"))
+    examples = evaluated_examples(trained, "test")
     ranked = rank_examples(
         trained.model, examples, batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=trained.device
     )
@@ -185,12 +188,13 @@ def build_rerank_record(
     from intentrec.evaluation.rerank import reranked_metrics, reranked_ranks
     from intentrec.experiments.report import HEADLINE_K
     from intentrec.experiments.significance import RANKS_KEY, encode_ranks
+    from intentrec.training.eval_sample import evaluated_examples
     from intentrec.training.run import load_run
 
     first_dir, second_dir = run_dirs
     trained, other = load_run(first_dir), load_run(second_dir)
     cfg = trained.trainer
-    examples = trained.model.select_examples(trained.dataset.examples("test"))
+    examples = evaluated_examples(trained, "test")
     if len(other.model.select_examples(examples)) != len(examples):
         raise IntentrecError(f"run {second['run_id']} cannot score every test example of run {first['run_id']}")
     ranks = reranked_ranks(

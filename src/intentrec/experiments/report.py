@@ -285,6 +285,7 @@ def _table_notes(rows: list[Row], top: tuple[str, str] | None) -> list[str]:
         f"± sample std over the `n` seeds (no ± with one seed). Unless marked {PAPER_MODE_LABEL}, the checkpoint is",
         "selected on the **validation** split and evaluated once on test.",
     ]
+    notes += _eval_sample_notes(rows)
     if top:
         notes += [
             f"`Δ {top[0]} / {top[1]}`: a method's mean minus its backbone alone (same dataset and",
@@ -317,6 +318,33 @@ def _table_notes(rows: list[Row], top: tuple[str, str] | None) -> list[str]:
             "numbers are the per-metric maximum over epochs and are optimistically biased. Compare them",
             "only with each other and with the published anchors.",
         ]
+    return notes
+
+
+def eval_sample_of(record: dict[str, Any]) -> tuple[int, int] | None:
+    """(N, seed) of a run validated and tested on a seeded sample (``train.eval_sample``), else None."""
+    trainer = (record.get("config") or {}).get("trainer") or {}
+    if not trainer.get("eval_sample"):
+        return None
+    return int(trainer["eval_sample"]), int(trainer.get("eval_sample_seed", 0))
+
+
+def _eval_sample_notes(rows: list[Row]) -> list[str]:
+    labels: dict[tuple[int, int] | None, list[str]] = {}
+    for row in rows:
+        model = row.backbone if row.method is None else f"{row.backbone}+{row.method}"
+        for key in dict.fromkeys(eval_sample_of(r) for r in row.records):
+            labels.setdefault(key, []).append(f"{row.dataset}/{model}/{row.variant}")
+    notes = []
+    for key in sorted(k for k in labels if k is not None):
+        n, seed = key
+        which = "every row" if len(labels) == 1 else "rows " + ", ".join(f"`{label}`" for label in labels[key])
+        notes += [
+            f"Validation and test on a seeded sample of {n} examples of each split (seed {seed}; `train.eval_sample`),",
+            f"the same examples for {which}: `intentrec evaluate RUN --sample {n} --seed {seed}` scores them.",
+        ]
+    if notes and None in labels:
+        notes.append("Rows " + ", ".join(f"`{label}`" for label in labels[None]) + ": the full splits.")
     return notes
 
 

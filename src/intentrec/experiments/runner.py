@@ -147,6 +147,8 @@ def describe(experiment: Experiment, options: RunOptions, echo: Echo = print) ->
         paper = "  [PAPER MODE]" if state.run.paper_mode else ""
         if state.run.rerank:
             paper = f"  [re-ranked by {state.run.rerank[1]}; evaluation only]"
+        if state.run.needs:
+            paper += f"  [ID run {', '.join(state.run.needs)}]"
         echo(f"  {mark} {state.run.run_id}{paper}{extra}")
     todo = [s.run for s in states if s.status == "todo"]
     if options.max_runs is not None and todo:
@@ -210,6 +212,10 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
         if len(trained) >= to_train:
             break
         step = f"[{i}/{len(todo)}] {run.run_id}"
+        waiting = [r.run_id for r in experiment.runs if r.run_id in run.needs and experiment.state(r).status != "done"]
+        if waiting:
+            echo(f"{step}: waits for its ID run {', '.join(waiting)} (not finished yet)")
+            continue
         try:
             # Several processes may work through one grid side by side. This lock covers the check,
             # the training and the record, so no run is trained or recorded twice.

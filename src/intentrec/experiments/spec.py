@@ -16,6 +16,7 @@
       - {backbones: [srgnn, gru4rec], methods: [none, llm4sbr]}
       - {backbones: [srgnn], methods: [llm4sbr], variants: {wo-au: {method.lambda_au: 0}}}
       - {backbones: [srgnn], methods: [semsr], rerank_with: {backbone: srgnn}}   # + rows 'default+'
+      - {backbones: [gcsan, stamp], methods: [llmgr], id_run_from: {variant: default}}  # ID side: gcsan/default/sN
 
 Paths (``runs_dir``, ``records_dir``, ``results_dir``, a dataset's ``path``) are relative to the
 current directory, as with every other intentrec command: run experiments from the repository root.
@@ -27,7 +28,9 @@ Settings are ``section.field: value`` with section ``train`` (TrainerConfig), ``
 backbone's config) or ``method`` (the method's config; ignored by backbone-alone runs), or nested
 ``{train: {epochs: 12}}``. Later levels win: top-level ``settings`` → a grid block's ``settings`` →
 the variant's settings. Seeds come from ``seeds`` (a block may override them), never from
-``train.seed``.
+``train.seed``. A ``method.id_run`` may name ``{seed}``, ``{dataset}`` and ``{backbone}``, replaced per
+run (``runs/x/{dataset}/{backbone}/default/s{seed}``); a block's ``id_run_from`` says the same by row.
+A method run whose ``id_run`` is another run of the grid is trained after it.
 """
 
 from __future__ import annotations
@@ -127,6 +130,15 @@ class RerankSpec(Config):
     variant: str = DEFAULT_VARIANT
 
 
+class IdRunSpec(Config):
+    """The row whose run of the same dataset and seed is each run's ID side: ``method.id_run`` is set
+    to that run's folder, and the runner trains it first (a method row waits for it)."""
+
+    backbone: str | None = Field(None, description="default: the run's own backbone")
+    method: str = NO_METHOD
+    variant: str = DEFAULT_VARIANT
+
+
 class GridSpec(Config):
     """One block of the grid: the product datasets × backbones × methods × variants × seeds."""
 
@@ -138,6 +150,9 @@ class GridSpec(Config):
     settings: dict[str, Any] = Field(default_factory=dict)
     rerank_with: RerankSpec | None = Field(
         None, description="also report every run re-ranked by this row's run of the same seed (rows '<variant>+')"
+    )
+    id_run_from: IdRunSpec | None = Field(
+        None, description="method.id_run of every run: this row's run folder of the same dataset and seed"
     )
 
     @field_validator("backbones", "methods")

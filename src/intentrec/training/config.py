@@ -60,6 +60,13 @@ class TrainerConfig(Config):
         "intentrec evaluate RUN --cold-start F ranks them from text",
     )
     cold_start_seed: int = Field(0, description="seed of the cold item set (the same set for every model and seed)")
+    eval_sample: int | None = Field(
+        None,
+        ge=1,
+        description="validate and test on a seeded sample of N examples of each split: the rows of "
+        "intentrec evaluate RUN --sample N --seed S (and llm-rank --sample), the same for every model",
+    )
+    eval_sample_seed: int = Field(0, description="seed of eval_sample (S)")
 
     @field_validator("ks")
     @classmethod

@@ -83,7 +83,7 @@ class TrainResult:
 
     @property
     def paper_mode(self) -> bool:
-        return self.selection == PAPER_MODE_SELECTION
+        return self.selection.startswith(PAPER_MODE_SELECTION)
 
 
 def seed_everything(seed: int) -> None:
@@ -282,6 +282,10 @@ class _Loop:
                 path=dataset.path,
             )
 
+        self.eval_sample: dict[str, Any] | None = None
+        if cfg.eval_sample is not None:
+            self._sample_eval_splits()
+
         seed_everything(cfg.seed)
         self.model = build_session_model(backbone, model_cfg, dataset.num_items, method, method_cfg)
         if self.cold is not None and self.model.needs().candidates is not None:
@@ -341,6 +345,21 @@ class _Loop:
         self.cold = {k: v for k, v in recorded.items() if k not in ("item_indices", "item_ids")}
         self.cold["file"] = COLD_ITEMS
         return ColdStartView(dataset, cold)
+
+    def _sample_eval_splits(self) -> None:
+        """``train.eval_sample``: valid and test become their seeded samples, before any model's own selection."""
+        from intentrec.training.eval_sample import sample_examples
+
+        cfg = self.cfg
+        full = {"valid": len(self.valid_set), "test": len(self.test_set)}
+        self.valid_set = sample_examples(self.valid_set, cfg.eval_sample, cfg.eval_sample_seed)
+        self.test_set = sample_examples(self.test_set, cfg.eval_sample, cfg.eval_sample_seed)
+        self.eval_sample = {
+            "sample": cfg.eval_sample,
+            "seed": cfg.eval_sample_seed,
+            "examples": {"valid": len(self.valid_set), "test": len(self.test_set)},
+            "examples_total": full,
+        }
 
     # ------------------------------------------------------------------ main
 
@@ -598,6 +617,11 @@ class _Loop:
                     "test_argmax_epoch": argmax,
                 }
                 metrics["per_epoch"] = _per_epoch(history)
+        if self.eval_sample is not None:
+            metrics["selection"] += (
+                f"; valid and test on a seeded sample of {cfg.eval_sample} examples (seed {cfg.eval_sample_seed})"
+            )
+            metrics["eval_sample"] = self.eval_sample
         if "phases" in state:
             metrics["phases"] = state["phases"]
         metrics["peak_rss_mb"] = peak_rss_mb()

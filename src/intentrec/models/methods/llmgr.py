@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from safetensors.torch import load_file
 from torch import nn
 
@@ -80,10 +80,18 @@ class LLMGRConfig(MethodConfig):
     accumulate: int = Field(2, ge=1, description="batches per optimiser step (gradient accumulation)")
     cuda_dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="autocast dtype of the LM on CUDA")
     train_sample: int | None = Field(None, ge=1, description="stage 2 trains on a seeded sample of N train examples")
-    eval_sample: int | None = Field(
-        None, ge=1, description="valid and test: the seeded sample of intentrec evaluate --sample N --seed sample_seed"
-    )
-    sample_seed: int = 0
+    sample_seed: int = Field(0, description="seed of train_sample (valid/test samples: train.eval_sample_seed)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_eval_sample(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "eval_sample" in values:
+            raise ValueError(
+                "method.eval_sample moved to train.eval_sample (its seed: train.eval_sample_seed), one "
+                "sample for every model; for a run folder made before, move 'eval_sample' from config.json's "
+                "method.config to its trainer section and add trainer.eval_sample_seed = method.config.sample_seed"
+            )
+        return values
 
 
 def _left_pack(codes: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +144,6 @@ class LLMGR(Method):
         self.register_buffer("_title_len", torch.zeros(backbone.num_items + 1, dtype=torch.long), persistent=False)
         self.titles_loaded = False
         self.id_identity: dict[str, str] | None = None
-        self.eval_ids: dict[str, np.ndarray] = {}
         self.align_examples: ExampleSet | None = None
         self.train_size = 0
 
@@ -311,14 +318,6 @@ class LLMGR(Method):
         if self.config.id_run is not None:
             self._load_id_run(dataset)
         self._load_titles(dataset)
-        cfg: LLMGRConfig = self.config
-        if cfg.eval_sample is not None:
-            from intentrec.semantic.infer import select_rows
-
-            for split in ("valid", "test"):
-                full = dataset.examples(split)
-                rows = select_rows(len(full), limit=None, sample=cfg.eval_sample, seed=cfg.sample_seed)
-                self.eval_ids[split] = full.example_ids[rows]
 
     def _load_id_run(self, dataset: PreparedDataset) -> None:
         from intentrec.data.identity import DatasetIdentity
@@ -382,9 +381,6 @@ class LLMGR(Method):
                 rows = select_rows(len(examples), limit=None, sample=cfg.train_sample, seed=cfg.sample_seed)
                 examples = examples.subset(rows)
             self.train_size = len(examples)
-        elif examples.split in self.eval_ids:
-            # by example id, so a sample of the sample (evaluate --sample with the same N and seed) is the same
-            examples = examples.subset(np.flatnonzero(np.isin(examples.example_ids, self.eval_ids[examples.split])))
         return examples
 
     def training_phases(self) -> tuple[TrainingPhase, ...]:
@@ -463,6 +459,5 @@ class LLMGR(Method):
             "stage1": cfg.stage1,
             "lora_parameters": self.lora_parameters,
             "train_sample": cfg.train_sample,
-            "eval_sample": cfg.eval_sample,
             "sample_seed": cfg.sample_seed,
         }
