@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from intentrec.config import Config
 from intentrec.data.cold_items import ColdStartView, choose_cold_items, without_items
 from intentrec.data.dataset import PreparedDataset
 from intentrec.errors import ConfigError, DataError, IntentrecError
-from intentrec.models.cold_start import ColdStartMap, fit_cold_start_map
+from intentrec.models.cold_start import ColdScoringConfig, ColdStartMap, cold_item_scores, fit_cold_start_map
 from intentrec.models.methods import build_method
 from intentrec.models.methods.semsr import TEXT
 from intentrec.models.registry import build_backbone
@@ -289,3 +290,62 @@ def test_cold_start_evaluation_end_to_end(tiny, tmp_path):
     (run / "cold_items.json").write_text(json.dumps({"item_indices": [1, 2, 3]}))
     with pytest.raises(DataError, match="differ from the ones drawn now"):
         load_run(run)
+
+
+# ----------------------------------------------------------------------------- map and scoring options
+
+
+def test_standardized_ridge_is_exact_on_a_linear_case_and_rescale_sets_the_norm(tiny, tmp_path):
+    rng = np.random.default_rng(2)
+    text = unit(rng, tiny.num_items, WIDTH)
+    a, b = rng.normal(size=(WIDTH, 6)).astype(np.float32), rng.normal(size=6).astype(np.float32)
+    model = build_backbone("srgnn", tiny.num_items, {"embedding_dim": 6})
+    model.init_item_table(torch.from_numpy(text @ a + b))
+    view = ColdStartView(tiny, choose_cold_items(tiny, 0.2))
+    columns = view.cold.indices - 1
+    expected = model.scoring_table()[columns].detach()
+    options = {"kind": "ridge", "lambdas": [0.0], "standardize": True}
+    cold = fit_cold_start_map(model, view, ENCODER, config=options, text_vectors=text)
+    assert cold.identity["standardize"]
+    torch.testing.assert_close(cold.rows_from_vectors(text[columns]), expected, atol=1e-4, rtol=1e-4)
+
+    options["rescale"] = "mean_norm"
+    scaled = fit_cold_start_map(model, view, ENCODER, config=options, text_vectors=text)
+    trained = model.scoring_table().detach()[np.flatnonzero(view.train_counts() > 0)]
+    rows = scaled.rows_from_vectors(text[columns])
+    torch.testing.assert_close(rows.norm(dim=1), trained.norm(dim=1).mean().expand(len(columns)))
+    torch.testing.assert_close(F.normalize(rows, dim=1), F.normalize(expected, dim=1), atol=1e-4, rtol=1e-4)
+    loaded = ColdStartMap.load(scaled.save(tmp_path / "scaled.safetensors"))
+    assert torch.equal(loaded.rows_from_vectors(text[columns]), rows)
+
+
+def test_cold_scores_are_calibrated_onto_the_warm_scores_per_session():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 40, generator=gen) * 4 + 10
+    cold = torch.tensor([3, 7, 8, 20, 31])
+    scores[:, cold] = torch.randn(3, 5, generator=gen) * 0.1 - 50  # another scale: all at the bottom
+    warm = torch.ones(40, dtype=torch.bool)
+    warm[cold] = False
+
+    assert torch.equal(cold_item_scores(scores, cold, ColdScoringConfig(calibration="none", text_weight=0)), scores)
+    for calibration in ("quantiles", "moments"):
+        out = cold_item_scores(scores, cold, ColdScoringConfig(calibration=calibration, text_weight=0))
+        assert torch.equal(out[:, warm], scores[:, warm])  # warm items keep their scores
+        assert torch.equal(out[:, cold].argsort(1), scores[:, cold].argsort(1))  # and cold ones their order
+    moments = cold_item_scores(scores, cold, ColdScoringConfig(calibration="moments", text_weight=0))
+    torch.testing.assert_close(moments[:, cold].mean(1), scores[:, warm].mean(1), atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(moments[:, cold].std(1), scores[:, warm].std(1), atol=1e-3, rtol=1e-4)
+    # quantiles: the cold item ranked r of 5 gets the warm score at position (r + 1/2) / 5 of 35
+    quantiles = cold_item_scores(scores, cold, ColdScoringConfig(calibration="quantiles", text_weight=0))
+    ordered = scores[:, warm].sort(1).values
+    expected = ordered[:, [3, 10, 17, 24, 31]]
+    torch.testing.assert_close(quantiles[:, cold].sort(1).values, expected)
+
+    # text_weight 1: the cold items are ordered by their text scores alone
+    text = torch.randn(3, 5, generator=gen)
+    by_text = cold_item_scores(scores, cold, ColdScoringConfig(), text)  # the default: text only, moments
+    assert torch.equal(by_text[:, cold].argsort(1), text.argsort(1))
+    with pytest.raises(IntentrecError, match="needs the session–item text scores"):
+        cold_item_scores(scores, cold, ColdScoringConfig(text_weight=0.5))
+    with pytest.raises(ConfigError, match="needs a calibration"):
+        ColdScoringConfig.build({"text_weight": 0.5, "calibration": "none"})

@@ -322,16 +322,25 @@ def evaluate_command(
     encoder: str | None = typer.Option(None, "--encoder", help="--cold-start: text encoder of a fitted map (minilm)."),
     template: str | None = typer.Option(None, "--template", help="--cold-start: item text template (title/1)."),
     save_map: Path | None = typer.Option(None, "--save-map", help="--cold-start: write the map (NAME.safetensors)."),
+    calibration: str | None = typer.Option(
+        None, "--calibration", help="--cold-start: moments (default), quantiles or none: cold scores vs warm ones."
+    ),
+    text_weight: float | None = typer.Option(
+        None, "--text-weight", help="--cold-start: weight of text similarity in cold items' scores (default 1)."
+    ),
 ) -> None:
     from intentrec.training import evaluate_run, load_run
 
-    if cold_start is None and (cold_map != "auto" or encoder or template or save_map):
-        raise ConfigError("--map, --encoder, --template and --save-map go with --cold-start F")
+    scoring = {k: v for k, v in (("calibration", calibration), ("text_weight", text_weight)) if v is not None}
+    if cold_start is None and (cold_map != "auto" or encoder or template or save_map or scoring):
+        raise ConfigError(
+            "--map, --encoder, --template, --save-map, --calibration and --text-weight go with --cold-start F"
+        )
     if cold_start is not None and (rerank_with or sample is not None or slices):
         raise ConfigError("--cold-start is not combined with --rerank-with, --sample or --slices")
     trained = load_run(run_dir, dataset_dir=data, device=device)
     if cold_start is not None:
-        _evaluate_cold_start(trained, split.value, cold_start, cold_map, encoder, template, save_map, as_json)
+        _evaluate_cold_start(trained, split.value, cold_start, cold_map, encoder, template, save_map, scoring, as_json)
         return
     second = None if rerank_with is None else load_run(rerank_with, dataset_dir=trained.dataset.path, device=device)
     report = evaluate_run(trained, split.value, slices=slices, rerank_with=second, sample=sample, seed=seed)
@@ -364,6 +373,7 @@ def _evaluate_cold_start(
     encoder: str | None,
     template: str | None,
     save_map: Path | None,
+    scoring: dict[str, Any],
     as_json: bool,
 ) -> None:
     from intentrec.models.cold_start import ColdStartMap
@@ -386,6 +396,7 @@ def _evaluate_cold_start(
         template=template,
         cold_map=loaded,
         save_map=save_map,
+        scoring=scoring,
     )
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -415,7 +426,11 @@ def _evaluate_cold_start(
     console = _console()
     console.print(table)
     used = report["map"]
-    console.print(f"cold rows from text: {used['kind']} map, encoder {used['encoder']}, template {used['template']}")
+    how = report["scoring"]
+    console.print(
+        f"cold rows from text: {used['kind']} map, encoder {used['encoder']}, template {used['template']}; "
+        f"their scores: calibration {how['calibration']}, text weight {how['text_weight']}"
+    )
     console.print(report["checkpoint"])
 
 

@@ -23,6 +23,8 @@ from intentrec.io import write_json
 
 #: Keys copied from the run folder's config.json: the full configs after defaults were applied.
 _CONFIG_KEYS = ("model", "method", "trainer")
+#: A run trained with ``train.cold_start``: its cold-start evaluation (:func:`cold_start_entry`).
+COLD_START_KEY = "cold_start_test"
 
 
 def cpu_model() -> str:
@@ -171,6 +173,25 @@ def test_ranks_entry(run_dir: Path, expected: dict[str, float], ks: list[int]) -
     return encode_ranks(ranked.example_ids, ranked.ranks, ks), (problem if off else None)
 
 
+def cold_start_entry(run_dir: Path, fraction: float, evaluation: Any) -> dict[str, Any]:
+    """The cold-start evaluation of a finished run trained with ``train.cold_start = fraction`` on its
+    test split (``intentrec evaluate RUN --cold-start F``), as the record keeps it. ``evaluation``: the
+    experiment's ``cold_start_eval`` (encoder, template, map and scoring settings)."""
+    from intentrec.training.cold_start import evaluate_cold_start
+    from intentrec.training.run import load_run
+
+    report = evaluate_cold_start(
+        load_run(run_dir),
+        fraction,
+        split="test",
+        map_config=evaluation.map,
+        encoder=evaluation.encoder,
+        template=evaluation.template,
+        scoring=evaluation.scoring,
+    )
+    return {k: report[k] for k in ("split", "checkpoint", "cold_start", "map", "scoring", "metrics")}
+
+
 def build_rerank_record(
     run: RunSpec,
     first: dict[str, Any],
@@ -201,7 +222,9 @@ def build_rerank_record(
         trained.model, other.model, examples, cfg.ks,
         batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=trained.device,
     )  # fmt: skip
-    record = {k: v for k, v in first.items() if k not in (RANKS_KEY, "test_ranks_warning")}
+    # the cold-start evaluation is the re-ranked run's own, not this row's
+    dropped = (RANKS_KEY, "test_ranks_warning", COLD_START_KEY, "cold_start_warning")
+    record = {k: v for k, v in first.items() if k not in dropped}
     record.update(
         run_id=run.run_id,
         variant=run.variant,

@@ -18,6 +18,7 @@ from typing import Any
 
 from intentrec.evaluation.report import metric_columns
 from intentrec.experiments.plan import RunSpec
+from intentrec.experiments.records import COLD_START_KEY
 from intentrec.experiments.significance import RANKS_KEY, PairedTest, format_p, paired_test
 from intentrec.experiments.spec import ExperimentSpec, normalize_settings
 from intentrec.io import atomic_open, atomic_path
@@ -128,6 +129,7 @@ def render_markdown(report: Report) -> str:
     else:
         lines += _table(rows, metrics, top, multi_dataset)
         lines += ["", *_table_notes(rows, top)]
+        lines += _cold_start_section(rows, multi_dataset)
     if spec.anchors:
         lines += ["", "## Published anchors (test-selected)", ""]
         lines += [
@@ -321,6 +323,118 @@ def _table_notes(rows: list[Row], top: tuple[str, str] | None) -> list[str]:
     return notes
 
 
+#: the rankers of a cold-start evaluation (intentrec.training.cold_start), in table order
+COLD_RANKERS = {
+    "model": "model, rows from text",
+    "id_rows": "model, own rows",
+    "popularity": "popularity",
+    "text_similarity": "text similarity",
+}
+COLD_TARGETS = ("cold", "warm", "all")
+
+
+def _cold_rows(rows: list[Row]) -> list[Row]:
+    """Rows with a cold-start evaluation, each with only its records that have one."""
+    out = []
+    for row in rows:
+        kept = [r for r in row.records if COLD_START_KEY in r]
+        if kept:
+            out.append(Row(row.dataset, row.backbone, row.method, row.variant, row.order, kept))
+    return out
+
+
+def _cold_values(row: Row, ranker: str, targets: str, metric: str) -> list[float]:
+    values = []
+    for record in row.records:
+        by_target = record[COLD_START_KEY]["metrics"].get(ranker) or {}
+        if by_target.get(targets) and metric in by_target[targets]:
+            values.append(by_target[targets][metric])
+    return values
+
+
+def _cold_pair(rows: list[Row]) -> tuple[str, str] | None:
+    names = {m for row in rows for r in row.records for m in (r[COLD_START_KEY]["metrics"]["model"]["all"] or {})}
+    return _top_metric_pair(sorted(names))
+
+
+def _cold_start_section(rows: list[Row], multi: bool) -> list[str]:
+    cold_rows = _cold_rows(rows)
+    top = _cold_pair(cold_rows)
+    if not cold_rows or top is None:
+        return []
+    lines = ["", "## Cold-start items", ""]
+    header = (["dataset"] if multi else []) + ["backbone", "method", "variant", "n", "ranker"]
+    header += [f"{m} {t}" for t in COLD_TARGETS for m in top]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in cold_rows:
+        for ranker, label in COLD_RANKERS.items():
+            cells = [_cold_cell(_cold_values(row, ranker, t, m)) for t in COLD_TARGETS for m in top]
+            if all(c == NONE_LABEL for c in cells):
+                continue
+            ids = ([row.dataset] if multi else []) + [row.backbone, row.method or NONE_LABEL, row.variant_label()]
+            lines.append("| " + " | ".join([*ids, str(len(row.records)), label, *cells]) + " |")
+    lines += ["", *_cold_start_notes(cold_rows)]
+    return lines
+
+
+def _cold_cell(values: list[float]) -> str:
+    return pct_cell(values) if values else NONE_LABEL
+
+
+def _cold_start_notes(rows: list[Row]) -> list[str]:
+    entries = [r[COLD_START_KEY] for row in rows for r in row.records]
+    sets = sorted({(row.dataset, json.dumps(r[COLD_START_KEY]["cold_start"], sort_keys=True)) for row in rows
+                   for r in row.records})  # fmt: skip
+    notes = [
+        "Runs trained with `train.cold_start`: a seeded fraction of the items was hidden from training",
+        "(their clicks removed from every input session, cold targets dropped from train and valid), so the",
+        "main table's test metrics are over warm targets only. Here, after training, each run's test",
+        "examples — cold items removed from the inputs, cold targets kept — are ranked over all items",
+        "(`intentrec evaluate RUN --cold-start F`), percent on cold targets, on warm ones and on all, mean ±",
+        "sample std over the `n` seeds. The four rankers score the same examples:",
+        "",
+        "- `model, rows from text`: the run's model, the cold items' rows placed from their text;",
+        "- `model, own rows`: the run's model with its own rows for the cold items (never trained on a click",
+        "  of theirs), for reference;",
+        "- `popularity`: train clicks (a cold item has none, so it ranks below every warm item);",
+        "- `text similarity`: cosine of the session's mean text vector to every item's (same encoder).",
+        "",
+    ]
+    for dataset, info in dict.fromkeys(sets):
+        c = json.loads(info)
+        notes.append(
+            f"`{dataset}`: {c['cold_items']} cold items ({100 * c['fraction']:g}% of the items, seed {c['seed']}); "
+            f"{c['cold_targets']} cold targets among {c['examples']} test examples."
+        )
+    maps = sorted({_map_text(e["map"]) for e in entries})
+    scorings = sorted({_scoring_text(e.get("scoring")) for e in entries})
+    notes.append("Rows from text: " + "; ".join(maps) + ". Their scores: " + "; ".join(scorings) + ".")
+    return notes
+
+
+def _map_text(info: dict[str, Any]) -> str:
+    if info["kind"] == "model":
+        text = "the model's own text placement"
+    else:
+        text = f"{info['kind']} map fitted on the trained items' rows"
+        if info.get("min_train_clicks", 1) > 1:
+            text += f" (items with ≥ {info['min_train_clicks']} train clicks)"
+    return f"{text}, encoder `{info['encoder']}`, template `{info['template']}`"
+
+
+def _scoring_text(scoring: dict[str, Any] | None) -> str:
+    if not scoring or scoring.get("calibration", "none") == "none":
+        return "as the model scores them"
+    text = {
+        "quantiles": "mapped per session onto the warm items' score quantiles (by their rank among the cold items)",
+        "moments": "calibrated per session to the mean and std of the warm items' scores",
+    }[scoring["calibration"]]
+    weight = scoring.get("text_weight") or 0
+    if weight == 1:
+        return text + ", the cold items ordered by text similarity alone (`text_weight` 1)"
+    return text + (f", blended with text similarity (`text_weight` {weight:g})" if weight else "")
+
+
 def eval_sample_of(record: dict[str, Any]) -> tuple[int, int] | None:
     """(N, seed) of a run validated and tested on a seeded sample (``train.eval_sample``), else None."""
     trainer = (record.get("config") or {}).get("trainer") or {}
@@ -416,6 +530,13 @@ def render_csv(report: Report) -> str:
     tested = top is not None and _has_ranks(rows)
     if tested:
         header += [f"p_{top[0]}", f"p_{top[1]}", "paired_examples"]
+    cold_rows = {row.order: row for row in _cold_rows(rows)}
+    cold_top = _cold_pair(list(cold_rows.values()))
+    cold_columns = [(k, t, m) for k in COLD_RANKERS for t in COLD_TARGETS for m in cold_top] if cold_top else []
+    if cold_columns:
+        header.append("cold_start_n")
+        for ranker, targets, m in cold_columns:
+            header += [f"cold_start_{ranker}_{targets}_{m}_mean_pct", f"cold_start_{ranker}_{targets}_{m}_std_pct"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -437,6 +558,13 @@ def render_csv(report: Report) -> str:
         if tested:
             test = _paired(row, rows, top)
             out += ["", "", ""] if test is None else [f"{test.p_hr:.3g}", f"{test.p_mrr:.3g}", test.pairs]
+        if cold_columns:
+            cold = cold_rows.get(row.order)
+            out.append(len(cold.records) if cold else "")
+            for ranker, targets, m in cold_columns:
+                values = [100 * v for v in _cold_values(cold, ranker, targets, m)] if cold else []
+                mean, std = mean_std(values)
+                out += [_num(mean), _num(std) if len(values) >= 2 else ""]
         writer.writerow(out)
     return buffer.getvalue()
 

@@ -27,7 +27,14 @@ from intentrec.experiments.plan import (
     run_status,
     select,
 )
-from intentrec.experiments.records import build_record, build_rerank_record, save_record, test_ranks_entry
+from intentrec.experiments.records import (
+    COLD_START_KEY,
+    build_record,
+    build_rerank_record,
+    cold_start_entry,
+    save_record,
+    test_ranks_entry,
+)
 from intentrec.experiments.report import Report, write_report
 from intentrec.experiments.significance import RANKS_KEY
 from intentrec.experiments.spec import ExperimentSpec, load_spec
@@ -202,6 +209,7 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
     )
 
     _backfill_test_ranks(experiment, [s for s in states if s.status == "done" and s.record], echo)
+    _backfill_cold_start(experiment, [s for s in states if s.status == "done" and s.record], echo)
     command = options.command(experiment.spec_file)
     datasets = _Datasets(spec, echo)
     durations = [r["seconds_total"] for r in done_before if r.get("seconds_total")]
@@ -249,6 +257,7 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
                     wall_seconds=time.perf_counter() - started,
                 )
                 _attach_test_ranks(record, run.run_dir(spec.runs_dir), echo)
+                _attach_cold_start(record, run.run_dir(spec.runs_dir), spec, echo)
                 save_record(run.record_path(spec.records_dir), record)
         except InUseError as exc:
             echo(f"{step}: skipped, being trained by {exc.holder}")
@@ -316,6 +325,46 @@ def _backfill_test_ranks(experiment: Experiment, done: list[RunState], echo: Ech
         except InUseError:
             continue
         echo(f"{run.run_id}: test ranks added to its record (for the significance tests)")
+
+
+def _cold_fraction(record: dict[str, Any]) -> float | None:
+    return ((record.get("config") or {}).get("trainer") or {}).get("cold_start")
+
+
+def _attach_cold_start(record: dict[str, Any], run_dir: Path, spec: ExperimentSpec, echo: Echo) -> None:
+    """The cold-start evaluation of a run trained with ``train.cold_start`` (its cold items placed from
+    text, beside the model's own rows, popularity and text similarity); nothing for other runs."""
+    fraction = _cold_fraction(record)
+    if fraction is None:
+        return
+    echo(f"    cold-start evaluation: {fraction} of the items, ranked from their text")
+    try:
+        record[COLD_START_KEY] = cold_start_entry(run_dir, fraction, spec.cold_start_eval)
+    except IntentrecError as exc:  # e.g. a model that cannot score rows placed from text
+        record["cold_start_warning"] = str(exc)
+        echo(f"    warning: no cold-start evaluation: {exc}")
+
+
+def _backfill_cold_start(experiment: Experiment, done: list[RunState], echo: Echo) -> None:
+    """Adds the cold-start evaluation to finished records of ``train.cold_start`` runs that lack it,
+    where the run folder is here."""
+    from intentrec.training.run import BEST
+
+    spec = experiment.spec
+    for state in done:
+        record, run = state.record, state.run
+        run_dir = run.run_dir(spec.runs_dir)
+        if run.rerank or _cold_fraction(record) is None or not (run_dir / BEST).is_file():
+            continue
+        if COLD_START_KEY in record or "cold_start_warning" in record:
+            continue
+        try:
+            with exclusive_lock(run_dir / RUNNER_LOCK, what=f"run {run.run_id}"):
+                _attach_cold_start(record, run_dir, spec, echo)
+                save_record(run.record_path(spec.records_dir), record)
+        except InUseError:
+            continue
+        echo(f"{run.run_id}: cold-start evaluation added to its record")
 
 
 def report_only(experiment: Experiment) -> tuple[Report, list[Path]]:

@@ -181,6 +181,29 @@ class AnchorSpec(Config):
     note: str = ""
 
 
+class ColdStartEvalSpec(Config):
+    """How runs trained with ``train.cold_start`` are evaluated on their cold items once trained
+    (``intentrec evaluate RUN --cold-start F``; the results go into the record, not into its settings)."""
+
+    encoder: str | None = Field(
+        None, description="text encoder of a fitted map (default: the model's own, else minilm)"
+    )
+    template: str | None = Field(None, description="item text template (default title/1)")
+    map: dict[str, Any] = Field(default_factory=dict, description="ColdStartMapConfig fields, e.g. {kind: mlp}")
+    scoring: dict[str, Any] = Field(default_factory=dict, description="ColdScoringConfig fields, e.g. {text_weight: 0}")
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> ColdStartEvalSpec:
+        from intentrec.models.cold_start import ColdScoringConfig, ColdStartMapConfig
+
+        try:
+            ColdStartMapConfig.build(self.map, where="cold_start_eval.map")
+            ColdScoringConfig.build(self.scoring, where="cold_start_eval.scoring")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
 class ExperimentSpec(Config):
     name: str
     description: str = ""
@@ -192,6 +215,7 @@ class ExperimentSpec(Config):
     settings: dict[str, Any] = Field(default_factory=dict)
     grids: list[GridSpec] = Field(min_length=1)
     anchors: list[AnchorSpec] = Field(default_factory=list)
+    cold_start_eval: ColdStartEvalSpec = Field(default_factory=ColdStartEvalSpec)
 
     @field_validator("name")
     @classmethod

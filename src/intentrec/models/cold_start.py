@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -66,6 +66,10 @@ class ColdStartMapConfig(Config):
     holdout: float = Field(0.1, gt=0, lt=1, description="fraction of the trained items held out to choose λ / stop")
     seed: int = Field(0, description="seed of the held-out items and of the MLP's initialisation")
     min_train_clicks: int = Field(1, ge=1, description="items with fewer train clicks are not fitted on")
+    standardize: bool = Field(False, description="ridge: regress the z-scored table columns (changes the chosen λ)")
+    rescale: Literal["none", "mean_norm"] = Field(
+        "none", description="mean_norm: placed rows get the trained rows' mean norm (ridge shrinks it)"
+    )
     hidden: int = Field(256, ge=1, description="mlp: hidden width")
     lr: float = Field(1e-3, gt=0, description="mlp: Adam learning rate")
     weight_decay: float = Field(0.0, ge=0, description="mlp: Adam weight decay")
@@ -78,6 +82,69 @@ class ColdStartMapConfig(Config):
         if not lambdas or any(lam < 0 for lam in lambdas):
             raise ValueError("lambdas must be one or more non-negative values, e.g. [0.1, 1, 10]")
         return lambdas
+
+
+class ColdScoringConfig(Config):
+    """How the placed items' scores are put next to the trained items' (:func:`cold_item_scores`)."""
+
+    calibration: Literal["moments", "quantiles", "none"] = Field(
+        "moments",
+        description="per session, map the cold items' scores onto the warm items' mean and std, or onto their "
+        "score quantiles (by rank); none: as the model scores the placed rows",
+    )
+    text_weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="weight of the session–item text cosine in the cold items' calibrated scores (1: text only; "
+        "chosen on validation, docs/cold-start.md)",
+    )
+
+    @model_validator(mode="after")
+    def _blend_is_calibrated(self) -> ColdScoringConfig:
+        if self.text_weight > 0 and self.calibration == "none":
+            raise ValueError("text_weight blends z-scored scores, which are then calibrated: it needs a calibration")
+        return self
+
+
+def cold_item_scores(
+    scores: torch.Tensor,
+    cold_columns: torch.Tensor,
+    config: ColdScoringConfig,
+    text_scores: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``scores`` ``[B, n]`` with the cold items' columns (``cold_columns``) recalibrated per session.
+
+    A session's cold scores (blended, with ``text_weight``, with its text scores ``[B, m]``, both
+    z-scored among the cold items) are mapped onto its scores of the other items: ``quantiles`` gives
+    the cold item ranked ``r`` of ``m`` the warm score at quantile ``(r + ½) / m``, ``moments`` matches
+    the mean and standard deviation. Placed rows score on another scale than trained ones (the map
+    regresses toward the mean row); the cold items were drawn like the warm ones, so their scores
+    should spread alike.
+    """
+    if config.calibration == "none":
+        return scores
+    cold = scores[:, cold_columns]
+    if config.text_weight > 0:
+        if text_scores is None:
+            raise IntentrecError("cold-start scoring: text_weight > 0 needs the session–item text scores")
+        cold = (1 - config.text_weight) * _z(cold) + config.text_weight * _z(text_scores)
+    warm_mask = torch.ones(scores.shape[1], dtype=torch.bool, device=scores.device)
+    warm_mask[cold_columns] = False
+    warm = scores[:, warm_mask]
+    out = scores.clone()
+    if config.calibration == "moments":
+        out[:, cold_columns] = _z(cold) * warm.std(1, keepdim=True) + warm.mean(1, keepdim=True)
+    else:
+        ordered = warm.sort(dim=1).values
+        rank = cold.argsort(dim=1).argsort(dim=1).to(torch.float64)  # 0 = the lowest cold score
+        at = ((rank + 0.5) / cold.shape[1] * ordered.shape[1]).long().clamp_(max=ordered.shape[1] - 1)
+        out[:, cold_columns] = ordered.gather(1, at)
+    return out
+
+
+def _z(scores: torch.Tensor) -> torch.Tensor:
+    return (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp_min(1e-12)
 
 
 @dataclass
@@ -114,7 +181,10 @@ class ColdStartMap:
             rows = F.linear(F.relu(F.linear(x, t["hidden.weight"], t["hidden.bias"])), t["out.weight"], t["out.bias"])
         else:
             rows = x @ t["weight"] + t["bias"]
-        return F.normalize(rows, dim=1) if self.normalize else rows
+        if self.normalize:
+            return F.normalize(rows, dim=1)
+        norm = self.identity.get("rescale_norm")
+        return rows if norm is None else F.normalize(rows, dim=1) * float(norm)
 
     def rows(self, texts: list[str]) -> torch.Tensor:
         """Scoring-table rows ``[m, d']`` for item texts (rendered as ``template`` renders an item)."""
@@ -269,14 +339,22 @@ def fit_cold_start_map(
     identity.update(items_fitted=int(fitted.size), items_held_out=int(n_held), min_train_clicks=cfg.min_train_clicks)
     kind: Literal["ridge", "mlp"] = "mlp" if cfg.kind == "mlp" else "ridge"
     if kind == "ridge":
-        errors = {lam: _mse(_ridge(x_fit[train], y_fit[train], lam), x_fit[held], y_fit[held]) for lam in cfg.lambdas}
+        mean, scale = y_fit.mean(0), y_fit.std(0).clamp_min(1e-8) if cfg.standardize else None
+        y_reg = y_fit if scale is None else (y_fit - mean) / scale
+        errors = {lam: _mse(_ridge(x_fit[train], y_reg[train], lam), x_fit[held], y_reg[held]) for lam in cfg.lambdas}
         best = min(errors, key=lambda lam: (errors[lam], lam))
-        tensors = _ridge(x_fit, y_fit, best)
-        identity.update(ridge_lambda=best, held_out_mse={str(k): v for k, v in errors.items()})
+        tensors = _ridge(x_fit, y_reg, best)
+        if scale is not None:  # back to the table's units: x W s + (b s + μ)
+            tensors = {"weight": tensors["weight"] * scale, "bias": tensors["bias"] * scale + mean}
+        identity.update(
+            ridge_lambda=best, held_out_mse={str(k): v for k, v in errors.items()}, standardize=cfg.standardize
+        )
     else:
         tensors, info = _mlp(x_fit, y_fit, train, held, cfg)
         identity.update(info)
     identity["target_mean_square"] = float(y_fit.double().pow(2).sum(1).mean())
+    if cfg.rescale == "mean_norm" and not normalize:
+        identity["rescale_norm"] = float(y_fit.norm(dim=1).mean())
     return ColdStartMap(kind, name, template, tensors, normalize, identity, encoder_obj)
 
 

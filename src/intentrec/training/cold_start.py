@@ -5,8 +5,11 @@ so its cold items never occurred in a training example (:mod:`intentrec.data.col
 model gets a cold-start map (:mod:`intentrec.models.cold_start`; fitted on its trained items, or its
 own text branch), the cold items' rows of its scoring table are replaced by the map's rows from their
 text, and the split's examples — cold items removed from the inputs, cold targets kept — are ranked
-against that table. Reported on all targets, on cold targets and on warm ones, beside two baselines on
-the same examples: ``popularity`` (train clicks; a cold item has none) and ``text_similarity``
+against that table, the cold items' scores calibrated per session against the warm items' scores
+(:func:`intentrec.models.cold_start.cold_item_scores`: placed rows score on another scale; by default
+the cold items are ordered by text similarity, the choice measured on validation in docs/cold-start.md).
+Reported on all targets, on cold targets and on warm ones, beside two baselines on the same examples:
+``popularity`` (train clicks; a cold item has none) and ``text_similarity``
 (LLMSeqSim: cosine of the session's mean text vector to every item's, with the map's encoder and
 template), and the model with its own rows for the cold items (``id_rows``: rows that never saw a
 click of theirs, for reference).
@@ -24,8 +27,17 @@ from intentrec.data.cold_items import ColdStartView, same_fraction
 from intentrec.errors import IntentrecError
 from intentrec.evaluation import rank_examples
 from intentrec.evaluation.metrics import metrics_from_ranks
-from intentrec.models.cold_start import ColdStartMap, ColdStartMapConfig, fit_cold_start_map
+from intentrec.models.cold_start import (
+    ColdScoringConfig,
+    ColdStartMap,
+    ColdStartMapConfig,
+    cold_item_scores,
+    fit_cold_start_map,
+)
 from intentrec.training.run import TrainedRun
+
+#: what the report says of the map (from its identity)
+_MAP_INFO = ("ridge_lambda", "items_fitted", "min_train_clicks", "standardize", "rescale_norm", "placement")
 
 
 def check_cold_start_run(trained: TrainedRun, fraction: float) -> ColdStartView:
@@ -59,9 +71,12 @@ def evaluate_cold_start(
     cold_map: ColdStartMap | None = None,
     save_map: Path | None = None,
     baselines: bool = True,
+    scoring: ColdScoringConfig | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The cold-start report of a run (module doc), JSON-ready. ``cold_map``: a saved map to use."""
+    """The cold-start report of a run (module doc), JSON-ready. ``cold_map``: a saved map to use;
+    ``scoring``: how the placed rows' scores are calibrated against the trained ones'."""
     view = check_cold_start_run(trained, fraction)
+    how = scoring if isinstance(scoring, ColdScoringConfig) else ColdScoringConfig.build(scoring, where="cold scoring")
     model, cfg = trained.model, trained.trainer
     why = model.new_items_problem()
     if why is not None:
@@ -84,12 +99,20 @@ def evaluate_cold_start(
         raise IntentrecError(f"the {split} split of {view.path} has no examples left without the cold items")
     is_cold = view.cold.mask()[examples.targets]
     opts = dict(batch_size=cfg.eval_batch_size, max_length=cfg.max_length, device=device)
-    placed = rank_examples(model, examples, scores=lambda b: model.score_with(model.encode(b), table), **opts)
+    text_model = _text_similarity(text, cold_map).to(device)
+    cold_columns = torch.from_numpy(columns).to(device)
+
+    def placed_scores(batch):
+        scores = model.score_with(model.encode(batch), table)
+        text_scores = text_model(batch)[:, cold_columns] if how.text_weight > 0 else None
+        return cold_item_scores(scores, cold_columns, how, text_scores)
+
+    placed = rank_examples(model, examples, scores=placed_scores, **opts)
     results = {"model": _by_target(placed.ranks, is_cold, cfg.ks)}
     if baselines:
         results["id_rows"] = _by_target(rank_examples(model, examples, **opts).ranks, is_cold, cfg.ks)
         results["popularity"] = _by_target(_popularity_ranks(view.train_counts(), examples.targets), is_cold, cfg.ks)
-        results["text_similarity"] = _by_target(_text_similarity_ranks(examples, text, cold_map, opts), is_cold, cfg.ks)
+        results["text_similarity"] = _by_target(rank_examples(text_model, examples, **opts).ranks, is_cold, cfg.ks)
     return {
         "run": str(trained.run.path),
         "split": split,
@@ -111,9 +134,10 @@ def evaluate_cold_start(
             "encoder": cold_map.encoder,
             "template": cold_map.template,
             "normalize": cold_map.normalize,
-            **{k: v for k, v in cold_map.identity.items() if k in ("ridge_lambda", "items_fitted", "placement")},
+            **{k: v for k, v in cold_map.identity.items() if k in _MAP_INFO},
             **({"saved": str(save_map)} if save_map is not None else {}),
         },
+        "scoring": how.model_dump(),
         "metrics": results,
     }
 
@@ -140,7 +164,8 @@ def _popularity_ranks(counts: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (len(counts) - np.searchsorted(ordered, counts[targets - 1], side="left")).astype(np.int64)
 
 
-def _text_similarity_ranks(examples, text: np.ndarray, cold_map: ColdStartMap, opts: dict[str, Any]) -> np.ndarray:
+def _text_similarity(text: np.ndarray, cold_map: ColdStartMap) -> Any:
+    """LLMSeqSim over the catalogue's text vectors: the session's mean text vector against every item's."""
     from intentrec.models.registry import build_backbone
 
     baseline = build_backbone(
@@ -149,4 +174,4 @@ def _text_similarity_ranks(examples, text: np.ndarray, cold_map: ColdStartMap, o
         {"embedding_dim": text.shape[1], "encoder": cold_map.encoder, "template": cold_map.template, "pooling": "mean"},
     )
     baseline.load_table(torch.from_numpy(text))
-    return rank_examples(baseline.to(opts["device"]), examples, **opts).ranks
+    return baseline.eval()
