@@ -45,13 +45,6 @@ class TrainerConfig(Config):
         description="keep large freed tensors in the heap between steps (glibc mallopt; "
         "training.allocator); false leaves malloc alone",
     )
-
-    # `intentrec tune`: the optimiser settings every model shares (a model's own fields sit on its config)
-    search_space: ClassVar[SearchSpace] = {
-        "lr": FloatRange(low=1e-4, high=1e-2, log=True),
-        "l2": FloatRange(low=1e-7, high=1e-3, log=True),
-        "batch_size": Choice(choices=(50, 100, 200)),
-    }
     cold_start: float | None = Field(
         None,
         gt=0,
@@ -67,6 +60,13 @@ class TrainerConfig(Config):
         "intentrec evaluate RUN --sample N --seed S (and llm-rank --sample), the same for every model",
     )
     eval_sample_seed: int = Field(0, description="seed of eval_sample (S)")
+
+    # `intentrec tune`: the optimiser settings every model shares (a model's own fields sit on its config)
+    search_space: ClassVar[SearchSpace] = {
+        "lr": FloatRange(low=1e-4, high=1e-2, log=True),
+        "l2": FloatRange(low=1e-7, high=1e-3, log=True),
+        "batch_size": Choice(choices=(50, 100, 200)),
+    }
 
     @field_validator("ks")
     @classmethod
