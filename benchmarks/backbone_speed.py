@@ -20,7 +20,30 @@ from datetime import UTC, datetime
 
 from _common import REPO, add_malloc_tuning_flag, beauty_train_examples, command_line, machine, write_markdown
 
-ALL = ["gru4rec", "narm", "stamp", "sasrec", "srgnn", "gcsan", "niser", "tagnn", "gcegnn", "msgat"]
+
+def all_trainable() -> list[str]:
+    """Every registered backbone that has something to train (LLMSeqSim has not)."""
+    from intentrec.models.registry import BACKBONES, load_all
+
+    load_all()
+    return [name for name in BACKBONES.names() if name != "llmseqsim"]
+
+
+def peak_rss_of(name: str, threads: int, malloc_tuning: bool, steps: int, seed: int) -> float:
+    """Peak RSS (MB) of a fresh process that loads Beauty and trains ``steps`` steps of ``name``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys; sys.path.insert(0, sys.argv[1]); import backbone_speed as b, _common as c; "
+        "d, e = c.beauty_train_examples(int(sys.argv[3]), sys.argv[4] == '1'); "
+        "b.measure(sys.argv[2], d, e, int(sys.argv[5]), int(sys.argv[6])); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    here = str(REPO / "benchmarks")
+    args = [here, name, str(threads), "1" if malloc_tuning else "0", str(steps), str(seed)]
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def measure(name: str, dataset, examples, steps: int, seed: int) -> dict:
@@ -64,7 +87,10 @@ def measure(name: str, dataset, examples, steps: int, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=ALL)
+    parser.add_argument("--models", nargs="+", default=None, help="default: every backbone that trains")
+    parser.add_argument(
+        "--rss", action="store_true", help="also peak RSS per backbone, each in a fresh process (--steps steps)"
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -72,14 +98,20 @@ def main() -> None:
     add_malloc_tuning_flag(parser)
     args = parser.parse_args()
 
+    models = args.models or all_trainable()
     dataset, examples = beauty_train_examples(args.threads, args.malloc_tuning)
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     rows = []
-    for name in args.models:
+    for name in models:
         row = measure(name, dataset, examples, args.steps, args.seed)
         print(f"{name}: {row['ms_per_step']:.1f} ms/step (batch {row['batch_size']})", flush=True)
         rows.append(row)
     load_after = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    srgnn = next((r["ms_per_step"] for r in rows if r["backbone"] == "srgnn"), None)
+    if args.rss:
+        for r in rows:
+            r["peak_rss_mb"] = peak_rss_of(r["backbone"], args.threads, args.malloc_tuning, args.steps, args.seed)
+            print(f"{r['backbone']}: peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     lines = [
         "# Training-step time per backbone (Amazon Beauty)",
         "",
@@ -94,13 +126,20 @@ def main() -> None:
         "- Projected epoch = ms/step × batches per epoch (training only, no evaluation). Rows are "
         "comparable with each other; absolute times depend on the machine's load.",
         "",
-        "| backbone | batch | ms / step | projected s / epoch | CPU s / step |",
-        "|---|---:|---:|---:|---:|",
+        "- `× SR-GNN`: ms/step over SR-GNN's ms/step in this run (different batch sizes: each model's own)."
+        + (
+            " `peak RSS`: a fresh process per backbone that loads Beauty and trains the same steps." if args.rss else ""
+        ),
+        "",
+        "| backbone | batch | ms / step | × SR-GNN | projected s / epoch | CPU s / step |"
+        + (" peak RSS MB |" if args.rss else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if args.rss else ""),
     ]
     for r in rows:
+        ratio = f"{r['ms_per_step'] / srgnn:.2f}" if srgnn else "—"
         lines.append(
-            f"| {r['backbone']} | {r['batch_size']} | {r['ms_per_step']:.1f} | {r['epoch_s']:.0f} | "
-            f"{r['cpu_s_per_step']:.3f} |"
+            f"| {r['backbone']} | {r['batch_size']} | {r['ms_per_step']:.1f} | {ratio} | {r['epoch_s']:.0f} | "
+            f"{r['cpu_s_per_step']:.3f} |" + (f" {r['peak_rss_mb']:.0f} |" if args.rss else "")
         )
     text = "\n".join(lines) + "\n"
     write_markdown(args.out, text)

@@ -11,7 +11,10 @@ the test split (prefix-augmented sessions, so consecutive examples grow the same
 * engine: ``run_inference`` with a fresh answer store (de-duplication, prompts sorted for prefix
   reuse, ``n_parallel`` sequences per decode, answers committed per chunk);
 * ablations (``--ablations``): de-duplication only; de-duplication + sorted prefix reuse on one
-  sequence.
+  sequence;
+* the seeds' way (``--hf-n N``): Hugging Face ``generate``, one prompt at a time, the same GGUF file
+  loaded into ``transformers`` (dequantised to float32), greedy, same max tokens and repetition
+  penalty, on the first N distinct prompts; compared per prompt with the engine.
 
 Model loading is outside every timing. It also times a few prompts on every installed shipped model
 and measures on ``--quality-n`` sampled prompts how often each model's answer is empty, garbage, or
@@ -33,21 +36,49 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--model", default="smollm2")
     p.add_argument("--template", default="llm4sbr-short")
-    p.add_argument("--n", type=int, default=200)
-    p.add_argument("--n-parallel", type=int, default=8)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--n", type=_positive, default=200)
+    p.add_argument("--n-parallel", type=_positive, default=8)
+    p.add_argument("--threads", type=_positive, default=None)
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--per-prompt-models", default="smollm2,qwen0.5b,qwen1.5b")
-    p.add_argument("--per-prompt-n", type=int, default=4)
-    p.add_argument("--quality-n", type=int, default=30)
+    p.add_argument("--per-prompt-n", type=_positive, default=4)
+    p.add_argument("--quality-n", type=_non_negative, default=30)
+    p.add_argument(
+        "--hf-n", type=_non_negative, default=0, help="prompts for the Hugging Face generate row (0: no row)"
+    )
     p.add_argument("--quality-models", default="smollm2,qwen0.5b,qwen1.5b")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "llm-throughput.md")
     return p.parse_args()
+
+
+def _build_flags() -> str:
+    """How the installed llama.cpp was built, from its system-info line."""
+    import llama_cpp
+
+    try:
+        info = llama_cpp.llama_print_system_info().decode()
+    except Exception as exc:  # an old or unusual build: say so rather than guess
+        return f"system info unavailable: {exc}"
+    return "system info: " + " ".join(info.split())
 
 
 def _log(msg: str) -> None:
@@ -58,6 +89,35 @@ def _naive(backend, prompts, decoding):
     started = time.perf_counter()
     gens = [backend.generate([p], decoding)[0] for p in prompts]
     return time.perf_counter() - started, gens
+
+
+def _hf_generate(model_name: str, prompts, decoding, threads: int | None) -> tuple[float, int]:
+    """Seconds and completion tokens of HF ``generate`` over ``prompts``, one at a time (loading untimed)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from intentrec.semantic.llm.models import ensure_shipped_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = ensure_shipped_model(model_name)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    tokens = 0
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for messages in prompts:
+            text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, return_tensors="pt")
+            out = model.generate(
+                **ids,
+                max_new_tokens=decoding.max_tokens,
+                do_sample=False,
+                repetition_penalty=decoding.repeat_penalty,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+            tokens += int(out.shape[1] - ids["input_ids"].shape[1])
+    return time.perf_counter() - started, tokens
 
 
 def main() -> None:
@@ -133,6 +193,14 @@ def main() -> None:
     same = sum(answers[e].answer == g.text for e, g in zip(plan.example_ids.tolist(), naive_gens) if e in answers)
     _log(f"engine: {engine_s:.1f} s; {same}/{len(prompts)} answers identical to naive")
 
+    hf_row = None
+    if args.hf_n:
+        sample = [plan.messages[k] for k in list(plan.messages)[: args.hf_n]]
+        _log(f"Hugging Face generate, one at a time: {len(sample)} prompts on {args.model}")
+        hf_s, hf_tokens = _hf_generate(args.model, sample, decoding, args.threads)
+        hf_row = (len(sample), hf_s, hf_tokens)
+        _log(f"HF generate: {hf_s / len(sample):.2f} s/prompt")
+
     per_prompt = []
     installed = installed_models()
     for name in [m for m in args.per_prompt_models.split(",") if m]:
@@ -179,8 +247,9 @@ def main() -> None:
         "# LLM inference throughput",
         "",
         f"Produced by `benchmarks/llm_throughput.py` on {time.strftime('%Y-%m-%d')}: "
-        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), shared with other jobs; "
-        f"llama-cpp-python {llama_cpp.__version__} built with `-DGGML_NATIVE=OFF` + AVX2/FMA/F16C.",
+        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), load average at the end "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
+        f"llama-cpp-python {llama_cpp.__version__} ({_build_flags()}).",
         "",
         "```",
         "intentrec prepare generic ../shared/data/amazon/beauty-2014-5core --protocol llm4sbr-beauty --out /tmp/beauty",
@@ -196,6 +265,16 @@ def main() -> None:
     ]
     for label, n, s in rows_out:
         lines.append(f"| {label} | {n} | {s:.1f} | {len(prompts) / s:.2f} | {naive_s / s:.2f}× |")
+    if hf_row is not None:
+        n_hf, hf_s, hf_tokens = hf_row
+        engine_per_prompt = engine_s / n_unique
+        lines += [
+            "",
+            f"The seeds' way, Hugging Face `generate` one prompt at a time on the same GGUF loaded into "
+            f"`transformers` (float32), the first {n_hf} distinct prompts: **{hf_s / n_hf:.2f} s/prompt** "
+            f"({hf_tokens / hf_s:.1f} generated tokens/s). Per distinct prompt the engine took "
+            f"{engine_per_prompt:.2f} s: **{hf_s / n_hf / engine_per_prompt:.2f}×** faster.",
+        ]
     lines += [
         "",
         f"examples/s counts all {len(prompts)} examples answered (duplicates are answered once and shared). "
