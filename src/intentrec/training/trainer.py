@@ -523,16 +523,9 @@ class _Loop:
         return float(total.item() / max(seen, 1))
 
     def _evaluate(self, examples: ExampleSet) -> dict[str, float]:
-        if self.dist is not None:  # each rank ranks a part, all gather: exact metrics over the whole split
-            return self.dist.evaluate(
-                self.model,
-                examples,
-                ks=self.cfg.ks,
-                batch_size=self.cfg.eval_batch_size,
-                max_length=self.cfg.max_length,
-                device=self.device,
-            )
-        return evaluate_model(
+        # with several processes each ranks a part and all gather: exact metrics over the whole split
+        evaluate = evaluate_model if self.dist is None else self.dist.evaluate
+        return evaluate(
             self.model,
             examples,
             ks=self.cfg.ks,

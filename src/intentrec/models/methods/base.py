@@ -265,17 +265,15 @@ class Method(SessionModel):
             self._override = previous
 
     def serve_scores(self, batch: SessionBatch) -> torch.Tensor:
-        why = self.serving_problem()
-        features = None if why is not None else self.session_features(batch)
-        if features is None:
-            raise IntentrecError(
-                f"this run's method '{self.registry_name}' cannot compute text features for a new "
-                f"session: {why or 'its source computed none'}"
-            )
-        with self.features_for(features):
+        with self._new_session_features(batch):
             return self(batch)
 
     def serve_output(self, batch: SessionBatch) -> BackboneOutput:
+        with self._new_session_features(batch):
+            return self.encode(batch)
+
+    def _new_session_features(self, batch: SessionBatch):
+        """The features context for sessions that are not dataset examples, or the reason there is none."""
         why = self.serving_problem()
         features = None if why is not None else self.session_features(batch)
         if features is None:
@@ -283,8 +281,7 @@ class Method(SessionModel):
                 f"this run's method '{self.registry_name}' cannot compute text features for a new "
                 f"session: {why or 'its source computed none'}"
             )
-        with self.features_for(features):
-            return self.encode(batch)
+        return self.features_for(features)
 
     # ---------------------------------------------------------------- examples
     def covered(self, example_ids: np.ndarray) -> np.ndarray:
