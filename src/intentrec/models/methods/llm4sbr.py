@@ -188,14 +188,27 @@ class LLM4SBR(Method):
                 n: torch.from_numpy(predicted[n].astype(np.float16)).float().to(batch.items.device)
                 for n in self.features
             }
-        out = {}
-        for name in self.features:
-            window = None if name in ("long", "normal") else cfg.short_window
-            raw = l2_normalise(window_means(self._catalogue32, values, offsets, window))
-            vectors = localize(raw, self._catalogue32, cfg.k, method="exact") if cfg.k else raw
-            # rounded like the stored features, so a session scores the same online and offline
-            out[name] = torch.from_numpy(vectors.astype(np.float16)).float().to(batch.items.device)
-        return out
+        names = list(self.features)
+        raw = np.concatenate(
+            [
+                l2_normalise(
+                    window_means(
+                        self._catalogue32, values, offsets, None if n in ("long", "normal") else cfg.short_window
+                    )
+                )
+                for n in names
+            ]
+        )
+        # every view of the batch in one search; the stored catalogue is unit-norm already (embedded normalised)
+        vectors = (
+            localize(raw, self._catalogue32, cfg.k, method="exact", unit_catalogue=self._catalogue32) if cfg.k else raw
+        )
+        m = len(lengths)
+        # rounded like the stored features, so a session scores the same online and offline
+        return {
+            n: torch.from_numpy(vectors[i * m : (i + 1) * m].astype(np.float16)).float().to(batch.items.device)
+            for i, n in enumerate(names)
+        }
 
     def run_info(self) -> dict[str, Any]:
         cfg: LLM4SBRConfig = self.config
