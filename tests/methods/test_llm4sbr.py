@@ -258,3 +258,20 @@ def test_llm_source_on_a_real_beauty_subset(tmp_path):
     )
     assert result.metrics["semantic"]["examples_used"] == limits
     assert 0.0 <= result.test["HR@20"] <= 1.0
+
+
+def test_a_new_session_gets_the_views_its_dataset_example_has(tiny):
+    """Serving computes the titles views online; for a dataset example's prefix they equal the stored ones."""
+    torch.manual_seed(0)
+    backbone = build_backbone("srgnn", tiny.num_items, {"embedding_dim": 16})
+    m = build_method("llm4sbr", backbone, {"source": "titles"})
+    m.prepare(tiny)
+    m.eval()
+    examples = tiny.examples("test")
+    b = next(examples.batches(len(examples)))
+    online = m.session_features(b)
+    assert set(online) == set(m.feature_names())
+    for view, vectors in online.items():
+        torch.testing.assert_close(vectors, m.feature(view, b.example_ids).float(), atol=2e-3, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(m.serve_scores(b), m(b), atol=1e-3, rtol=1e-3)
