@@ -79,6 +79,7 @@ def measure(name: str, dataset, examples, steps: int, seed: int) -> dict:
         peak_rss = max(peak_rss, process.memory_info().rss)
     done = min(steps, max(examples.num_batches(batch_size) - warmup, 0))
     per_step = wall / max(done, 1)
+    flops = matmul_flops_of_step(model, batch)
     return {
         "backbone": name,
         "batch_size": batch_size,
@@ -87,7 +88,21 @@ def measure(name: str, dataset, examples, steps: int, seed: int) -> dict:
         "epoch_s": per_step * examples.num_batches(batch_size),
         "cpu_s_per_step": cpu / max(done, 1),
         "peak_rss_mb": peak_rss / 2**20,
+        "gflop_per_example": flops / batch_size / 1e9,
+        "gflop_per_s": flops / per_step / 1e9 if per_step else 0.0,
     }
+
+
+def matmul_flops_of_step(model, batch) -> float:
+    """FLOPs of the matrix products (mm, bmm, attention, conv) of one forward + backward on ``batch``,
+    counted by ``torch.utils.flop_counter``; elementwise work is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.loss(batch).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
 
 
 def main() -> None:
@@ -139,15 +154,24 @@ def main() -> None:
             else ""
         ),
         "",
-        "| backbone | batch | ms / step | × SR-GNN | projected s / epoch | CPU s / step |"
-        + (" peak RSS MB |" if args.rss else ""),
-        "|---|---:|---:|---:|---:|---:|" + ("---:|" if args.rss else ""),
+        "- `matmul GFLOP / example`: FLOPs of the matrix products of one forward + backward (counted by "
+        "`torch.utils.flop_counter` on the last batch, elementwise work not counted) per example; "
+        "`× SR-GNN FLOP` its ratio to SR-GNN's; `GFLOP/s`: those FLOPs over the measured step time. "
+        "A model far above SR-GNN in time but at a similar GFLOP/s is slow because it computes more, "
+        "not because it computes badly.",
+        "",
+        "| backbone | batch | ms / step | × SR-GNN | projected s / epoch | CPU s / step | matmul GFLOP / example "
+        "| × SR-GNN FLOP | GFLOP/s |" + (" peak RSS MB |" if args.rss else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.rss else ""),
     ]
+    srgnn_flops = next((r["gflop_per_example"] for r in rows if r["backbone"] == "srgnn"), None)
     for r in rows:
         ratio = f"{r['epoch_s'] / srgnn:.2f}" if srgnn else "—"
+        flop_ratio = f"{r['gflop_per_example'] / srgnn_flops:.1f}" if srgnn_flops else "—"
         lines.append(
             f"| {r['backbone']} | {r['batch_size']} | {r['ms_per_step']:.1f} | {ratio} | {r['epoch_s']:.0f} | "
-            f"{r['cpu_s_per_step']:.3f} |" + (f" {r['peak_rss_mb']:.0f} |" if args.rss else "")
+            f"{r['cpu_s_per_step']:.3f} | {r['gflop_per_example']:.3f} | {flop_ratio} | {r['gflop_per_s']:.0f} |"
+            + (f" {r['peak_rss_mb']:.0f} |" if args.rss else "")
         )
     text = "\n".join(lines) + "\n"
     write_markdown(args.out, text)

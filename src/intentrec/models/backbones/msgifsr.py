@@ -230,6 +230,12 @@ class MultiGranularityLayer(nn.Module):
         return out
 
 
+def _repeats_earlier(items: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` True where the same item occurs at an earlier position of the row."""
+    same = items.unsqueeze(2) == items.unsqueeze(1)  # [B, L, L]
+    return torch.tril(same, diagonal=-1).any(dim=2)
+
+
 def _segment_mean(values: torch.Tensor, segment: torch.Tensor, count: int) -> torch.Tensor:
     sums = values.new_zeros(count, values.shape[1]).index_add_(0, segment, values)
     sizes = torch.bincount(segment, minlength=count).clamp(min=1).to(values.dtype)
@@ -370,18 +376,27 @@ class MSGIFSR(Backbone):
         logits = self.config.scale * torch.einsum("bkd,nd->bkn", intents, table)
         if not self.config.repeat_explore:
             return torch.log_softmax(logits, dim=-1)
-        seen = torch.zeros(items.shape[0], table.shape[0], dtype=torch.bool, device=items.device)
-        rows = torch.arange(items.shape[0], device=items.device).unsqueeze(1).expand_as(items)
+        return logits + self._repeat_explore_offsets(logits, intents, items)
+
+    def _repeat_explore_offsets(self, logits: torch.Tensor, intents: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``log p_k(v) − logit_k(v)`` ``[B, K, n]``: ``log φ − LSE_in`` on session items, ``log(1−φ) − LSE_out``
+        elsewhere. Exactly one of the two softmaxes covers v, so the RE mixture needs no ``logaddexp``."""
+        batch, _, n = logits.shape
+        seen = torch.zeros(batch, n, dtype=torch.bool, device=items.device)
+        rows = torch.arange(batch, device=items.device).unsqueeze(1).expand_as(items)
         real = items > 0
         seen[rows[real], items[real] - 1] = True
-        seen = seen.unsqueeze(1)
-        inside = torch.log_softmax(logits.masked_fill(~seen, float("-inf")), dim=-1)
-        outside = torch.log_softmax(logits.masked_fill(seen, float("-inf")), dim=-1)
-        # A row with no item on one side (a session holding the whole catalogue) gives that side p = 0.
-        inside = torch.where(seen, inside, float("-inf"))
-        outside = torch.where(seen, float("-inf"), outside)
+        # LSE over the session's distinct items, from the few logits gathered at them.
+        positions = (items - 1).clamp(min=0)
+        first = real & ~_repeats_earlier(items)
+        gathered = logits.gather(2, positions.unsqueeze(1).expand(-1, logits.shape[1], -1))
+        lse_in = torch.logsumexp(gathered.masked_fill(~first.unsqueeze(1), float("-inf")), dim=-1)
+        lse_out = torch.logsumexp(logits.masked_fill(seen.unsqueeze(1), float("-inf")), dim=-1)
         gate = torch.log_softmax(self.repeat_gate(intents), dim=-1)  # [B, K, 2]
-        return torch.logaddexp(gate[..., :1] + inside, gate[..., 1:] + outside)
+        # A side with no item (a session holding the whole catalogue) has LSE = -inf; it gets p = 0.
+        inside = torch.where(torch.isfinite(lse_in), gate[..., 0] - lse_in, float("-inf"))
+        outside = torch.where(torch.isfinite(lse_out), gate[..., 1] - lse_out, float("-inf"))
+        return torch.where(seen.unsqueeze(1), inside.unsqueeze(-1), outside.unsqueeze(-1))
 
     def score_with(self, output: BackboneOutput, table: torch.Tensor) -> torch.Tensor:
         """``log p(v)``: the IFR mixture over the intents, or over a method's single session vector."""
