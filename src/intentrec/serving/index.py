@@ -52,6 +52,20 @@ class FaissIndex:
         self.index.add(table)
 
     @property
+    def search_breadth(self) -> int:
+        """HNSW ``efSearch`` or IVF ``nprobe``: how much of the index a search visits."""
+        return int(self.index.hnsw.efSearch if self.kind == "faiss-hnsw" else self.index.nprobe)
+
+    @search_breadth.setter
+    def search_breadth(self, value: int) -> None:
+        if value < 1:
+            raise ConfigError(f"the search breadth (efSearch / nprobe) must be ≥ 1, got {value}")
+        if self.kind == "faiss-hnsw":
+            self.index.hnsw.efSearch = int(value)
+        else:
+            self.index.nprobe = min(int(value), int(self.index.nlist))
+
+    @property
     def size(self) -> int:
         return int(self.index.ntotal)
 
