@@ -103,6 +103,7 @@ def serve_command(
         engine,
         cfg,
         announce=f"intentrec serve: ready on http://{shown_host}:{bound[1]} (models: {', '.join(engine.runs)})",
+        freeze_gc=True,
     )
     server = uvicorn.Server(
         uvicorn.Config(
