@@ -38,11 +38,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from intentrec.data.batch import SessionBatch
 from intentrec.models.backbones.msgat import entmax
 from intentrec.models.base import Backbone, BackboneConfig, BackboneOutput
-from intentrec.models.layers import keep_most_recent
+from intentrec.models.layers import LengthGroups, PackedTokens, keep_most_recent
 from intentrec.models.registry import register_backbone
 
 
@@ -82,21 +83,25 @@ class PostNormBlock(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.attention_dropout = config.attention_dropout
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        batch, width, d = tokens.shape
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, width, self.heads, d // self.heads).transpose(1, 2)
-
-        attended = F.scaled_dot_product_attention(
-            split(self.query(tokens)),
-            split(self.key(tokens)),
-            split(self.value(tokens)),
-            attn_mask=mask.view(batch, 1, 1, width),
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )
-        attended = attended.transpose(1, 2).reshape(batch, width, d)
-        tokens = self.attention_norm(tokens + self.dropout(self.attention_out(attended)))
+    def forward(self, tokens: torch.Tensor, groups: LengthGroups, real: list[torch.Tensor]) -> torch.Tensor:
+        """``tokens`` ``[N, d]`` packed; attention runs per length group (``real``: its key masks)."""
+        d = tokens.shape[1]
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        attended = []
+        for block, keys in zip(groups.pad(F.linear(tokens, weight, bias)), real, strict=True):
+            rows, width = keys.shape
+            heads = block.view(rows, width, 3 * self.heads, d // self.heads).transpose(1, 2)
+            query, key, value = heads.split(self.heads, dim=1)
+            out = F.scaled_dot_product_attention(
+                query,
+                key,
+                value,
+                attn_mask=keys.view(rows, 1, 1, width),
+                dropout_p=self.attention_dropout if self.training else 0.0,
+            )
+            attended.append(out.transpose(1, 2).reshape(rows, width, d))
+        tokens = self.attention_norm(tokens + self.dropout(self.attention_out(groups.pack(attended))))
         return self.feed_norm(tokens + self.dropout(self.feed_out(F.gelu(self.feed_in(tokens)))))
 
 
@@ -164,31 +169,42 @@ class MiaSRec(Backbone):
         items, lengths = keep_most_recent(batch.items, batch.lengths, cfg.max_length)
         recent = newest_first(items, lengths)  # [B, L]
         clicks = recent > 0
-        vectors = self.embed_items(recent)
-        mean = vectors.sum(1) / lengths.clamp(min=1).unsqueeze(1).to(vectors.dtype)
-        tokens = self.session_dropout(torch.cat([mean.unsqueeze(1), vectors], dim=1))  # [B, L + 1, d]
-        mask = F.pad(clicks, (1, 0), value=True)
+        mask = F.pad(clicks, (1, 0), value=True)  # [B, T]: the mean token, then the clicks
+        # Every per-token layer runs on the N real tokens only, packed row by row (on Beauty N ≈ B · 9
+        # while T is 51 in nearly every batch of 1024); attention runs per group of similar length.
+        packing = PackedTokens(mask)
+        groups = LengthGroups(packing)
+        steps = torch.arange(packing.num_tokens, device=mask.device) - packing.starts.index_select(0, packing.rows)
+        # a group's padding slots copy their row's last token, whose step is then not the slot's
+        real = [block == torch.arange(block.shape[1], device=block.device) for block in groups.pad(steps)]
+        vectors = self.embed_items(packing.pack(F.pad(recent, (1, 0))))  # [N, d], zero at the mean tokens
+        mean = packing.sum_per_row(vectors) / lengths.clamp(min=1).unsqueeze(1).to(vectors.dtype)
+        tokens = self.session_dropout(vectors.index_copy(0, packing.starts, mean))
         repeats = ((recent.unsqueeze(1) == recent.unsqueeze(2)) & clicks.unsqueeze(1)).sum(-1)
         repeats = F.pad(repeats.masked_fill(~clicks, 0), (1, 0), value=1).clamp(max=cfg.max_repeat)
-        steps = torch.arange(tokens.shape[1], device=tokens.device)
-        inputs = tokens + self.positions(steps).unsqueeze(0) + self.frequencies(repeats)
+        inputs = tokens + self.positions(steps) + self.frequencies(packing.pack(repeats))
         hidden = self.input_dropout(self.input_norm(inputs))
         for block in self.blocks:
-            hidden = block(hidden, mask)
+            hidden = block(hidden, groups, real)
         gate = torch.sigmoid(self.highway(torch.cat([tokens, hidden], dim=-1)))
-        intents = gate * tokens + (1 - gate) * hidden  # [B, T, d]
-        paired = torch.cat([intents[:, :1].expand_as(intents), intents], dim=-1)
-        importance = self.importance(paired).squeeze(-1).masked_fill(~mask, float("-inf"))
-        gamma = entmax(importance, importance.new_full((importance.shape[0], 1), cfg.entmax_alpha))
+        intents = gate * tokens + (1 - gate) * hidden  # [N, d]
+        first = intents.index_select(0, packing.starts)  # h_0 of each row
+        paired = torch.cat([first.index_select(0, packing.rows), intents], dim=-1)
+        importance = packing.unpack(self.importance(paired).squeeze(-1)).masked_fill(~mask, float("-inf"))
+        gamma = entmax(importance, importance.new_full((importance.shape[0], 1), cfg.entmax_alpha))  # [B, T]
         selected = gamma > 0
-        session = (gamma.unsqueeze(-1) * intents).sum(1)
+        weighted = packing.pack(gamma).unsqueeze(-1) * intents
+        session = packing.sum_per_row(weighted)
+        # h_1 of each row; a session without clicks has none (zero)
+        local = intents.index_select(0, (packing.starts + 1).clamp(max=packing.num_tokens - 1))
+        local = local * (lengths > 0).unsqueeze(1).to(local.dtype)
         return BackboneOutput(
             session=session,
-            vectors={"local": intents[:, 1], "global": intents[:, 0]},
+            vectors={"local": local, "global": first},
             # ``intent_session`` is the session tensor itself: a method that replaces ``session`` is seen
             # by identity and scored as one intent.
             extras={
-                "intents": F.normalize(gamma.unsqueeze(-1) * intents, dim=-1),
+                "intents": packing.unpack(F.normalize(weighted, dim=-1)),
                 "selected": selected,
                 "intent_session": session,
             },
@@ -196,18 +212,167 @@ class MiaSRec(Backbone):
 
     def score_with(self, output: BackboneOutput, table: torch.Tensor) -> torch.Tensor:
         """``β max + (1 − β) mean`` of the selected intents' cosines / τ (a method's vector: one intent)."""
+        packed, sizes, mean_scale, order, position = self._packed_intents(output)
+        scores = _intent_scores(packed, table, sizes, self.config.beta / self.config.temperature, mean_scale, None)
+        return scores.index_select(0, position)  # the rows come sorted by number of intents: back to batch order
+
+    def score_loss_with(self, output: BackboneOutput, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``F.cross_entropy(score_with(output, table), targets)``, fused with the scoring."""
+        packed, sizes, mean_scale, order, _ = self._packed_intents(output)
+        # the mean over rows does not depend on their order: the targets follow the sorted rows
+        targets = targets.index_select(0, order)
+        return _intent_scores(packed, table, sizes, self.config.beta / self.config.temperature, mean_scale, targets)
+
+    def _packed_intents(
+        self, output: BackboneOutput
+    ) -> tuple[torch.Tensor, list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The selected intents packed by rank: rank 0 (each session's first selected intent) of every
+        session, then rank 1 of those with at least two, …, the sessions sorted by their number of
+        intents (descending) so that every rank's sessions are a prefix of that order.
+
+        Returns ``packed`` ``[S, d]``, the rank sizes, ``(1 − β) / (τ · count)`` per sorted session,
+        ``order`` (sorted position → batch row) and ``position`` (batch row → sorted position).
+        """
         cfg = self.config
         if output.session is output.extras["intent_session"]:
             intents, selected = output.extras["intents"], output.extras["selected"]
         else:
             intents = F.normalize(output.session, dim=-1).unsqueeze(1)
             selected = torch.ones(intents.shape[:2], dtype=torch.bool, device=intents.device)
-        # Only the selected intents are scored (packed row by row): [S, n] rather than [B, T, n].
-        rows, tokens = selected.nonzero(as_tuple=True)
+        batch, width, d = intents.shape
         counts = selected.sum(1)
-        logits = (intents[rows, tokens] @ table.t()) / cfg.temperature  # [S, n]
-        best = torch.segment_reduce(logits, "max", lengths=counts, axis=0)
-        # The mean of cosines is the cosine against the mean intent (linear), no [S, n] reduction needed.
-        mean_intent = (intents * selected.unsqueeze(-1)).sum(1) / counts.unsqueeze(1).to(intents.dtype)
-        mean = (mean_intent @ table.t()) / cfg.temperature
-        return cfg.beta * best + (1 - cfg.beta) * mean
+        order = torch.argsort(counts, descending=True, stable=True)
+        position = torch.empty_like(order)
+        position[order] = torch.arange(batch, device=order.device)
+        most = int(counts.max()) if batch else 0
+        # sizes[k] = number of sessions with more than k selected intents
+        sizes = batch - torch.bincount(counts, minlength=most + 1)[:most].cumsum(0)
+        starts = sizes.cumsum(0) - sizes
+        rows, tokens = selected.nonzero(as_tuple=True)
+        rank = (selected.cumsum(1) - 1)[rows, tokens]
+        source = torch.empty_like(rows)
+        source[starts[rank] + position[rows]] = rows * width + tokens
+        packed = intents.reshape(batch * width, d).index_select(0, source)
+        mean_scale = (1 - cfg.beta) / (cfg.temperature * counts.index_select(0, order).to(intents.dtype))
+        return packed, sizes.tolist(), mean_scale, order, position
+
+
+#: a freed workspace per (device, dtype), reused by the next forward pass on CPU (see ``_workspace``)
+_spare_workspaces: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _workspace(numel: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised flat buffer of at least ``numel`` entries; hand it back with ``_release``.
+
+    glibc serves blocks above 32 MiB with a fresh ``mmap`` (``training/allocator.py``), so the
+    ``[S, n]`` logits (≈ 450 MB on Beauty at batch 1024) and the ``[B, n]`` buffers would page-fault
+    in again every step; on CPU the last backward pass's workspace is kept and reused instead (about
+    10 % of a training step). A workspace in use is out of the pool, so nested or concurrent forward
+    passes each get their own, and one whose backward pass never runs is simply freed.
+    """
+    if like.device.type != "cpu":
+        return like.new_empty(numel)
+    spare = _spare_workspaces.pop((like.device, like.dtype), None)
+    return spare if spare is not None and spare.numel() >= numel else like.new_empty(numel)
+
+
+def _release(workspace: torch.Tensor) -> None:
+    if workspace.device.type == "cpu":
+        _spare_workspaces[(workspace.device, workspace.dtype)] = workspace
+
+
+def _intent_scores(
+    packed: torch.Tensor,
+    table: torch.Tensor,
+    sizes: list[int],
+    max_weight: float,
+    mean_scale: torch.Tensor,
+    targets: torch.Tensor | None,
+) -> torch.Tensor:
+    """Sorted scores ``[B, n]`` (``targets`` None) or their mean cross-entropy: see ``_IntentScores``."""
+    backward = torch.is_grad_enabled() and (packed.requires_grad or table.requires_grad)
+    return _IntentScores.apply(packed, table, sizes, max_weight, mean_scale, targets, backward)
+
+
+class _IntentScores(torch.autograd.Function):
+    """MiaSRec's scores ``β/τ · max_k L_k + (1 − β)/(τ·count) · Σ_k L_k`` of packed intents, where
+    ``L = packed @ table.T`` ``[S, n]``, optionally fused with the cross-entropy (``targets`` given);
+    ``max_weight`` is β/τ, ``mean_scale`` the (1 − β)/(τ·count) of each (sorted) session, and
+    ``backward`` whether a backward pass may follow (if not, the workspace goes back at once).
+
+    The max runs rank by rank over contiguous row blocks (each rank's sessions are a prefix of the
+    sorted batch), in place; the mean is a ``[B, n]`` product with each session's summed intents. The
+    backward pass writes ``d loss / d L`` into the buffer of ``L`` (the max's gradient goes to the
+    intent that attains it; exact ties, which a float max practically never has, give each tied intent
+    the whole gradient), the mean's gradient folded in, so the table and the intents get it from two
+    products with that one ``[S, n]`` buffer. All large buffers are views of one workspace: ``L``,
+    the running max, the loss's exps (fused) and the mean's gradient. One backward pass per forward
+    (no double backward).
+    """
+
+    @staticmethod
+    def forward(ctx, packed, table, sizes, max_weight, mean_scale, targets, backward):
+        batch, rows, n = (sizes[0] if sizes else 0), packed.shape[0], table.shape[0]
+        fused = targets is not None
+        parts = [rows * n, batch * n, batch * n] + ([batch * n] if fused else [])
+        workspace = _workspace(sum(parts), packed)
+        views = workspace[: sum(parts)].split(parts)
+        logits, best, spare = views[0].view(rows, n), views[1].view(batch, n), views[2].view(batch, n)
+        torch.mm(packed, table.t(), out=logits)  # [S, n]
+        best.copy_(logits[:batch])
+        summed = packed[:batch].clone()
+        start = batch
+        for size in sizes[1:]:
+            torch.maximum(best[:size], logits[start : start + size], out=best[:size])
+            summed[:size] += packed[start : start + size]
+            start += size
+        # the scores leave the function unless the loss is fused: then they live in the workspace
+        scores = views[3].view(batch, n) if fused else packed.new_empty(batch, n)
+        torch.addmm(best, summed * mean_scale.unsqueeze(1), table.t(), beta=max_weight, out=scores)
+        ctx.sizes, ctx.max_weight, ctx.fused = sizes, max_weight, fused
+        ctx.save_for_backward(packed, table, mean_scale, targets)
+        # Kept on ctx, not saved: backward overwrites them, and nothing else holds them.
+        ctx.workspace, ctx.logits, ctx.best, ctx.spare = workspace, logits, best, spare
+        ctx.exps = ctx.total = None
+        if fused:
+            picked = scores.gather(1, targets.unsqueeze(1))
+            peak = scores.amax(dim=1, keepdim=True)
+            exps = scores.sub_(peak).exp_()  # in place: the scores are not needed again
+            total = exps.sum(dim=1, keepdim=True)
+            ctx.exps, ctx.total = exps, total
+            scores = (total.log() + peak - picked).mean()
+        if not backward:  # no backward pass will come
+            ctx.workspace = ctx.logits = ctx.best = ctx.spare = ctx.exps = None
+            _release(workspace)
+        return scores
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        packed, table, mean_scale, targets = ctx.saved_tensors
+        logits, best, mean_grad = ctx.logits, ctx.best, ctx.spare
+        if logits is None:
+            raise RuntimeError("MiaSRec's intent scoring supports one backward pass per forward")
+        ctx.logits = ctx.best = ctx.spare = None
+        batch = best.shape[0]
+        if ctx.fused:
+            # d loss / d scores = (softmax − one_hot) · grad / B, in the buffer of the exps
+            grad_scores = ctx.exps.mul_(grad / (batch * ctx.total))
+            ctx.exps = ctx.total = None
+            grad_scores[torch.arange(batch, device=grad_scores.device), targets] -= grad / batch
+            torch.mul(grad_scores, mean_scale.unsqueeze(1), out=mean_grad)  # the mean's share, every rank
+            max_grad = grad_scores.mul_(ctx.max_weight)
+        else:
+            torch.mul(grad, mean_scale.unsqueeze(1), out=mean_grad)
+            max_grad = grad * ctx.max_weight
+        start = 0
+        for size in ctx.sizes:  # d loss / d L_k = β/τ · [L_k is the max] · g + mean's share, in place
+            block = logits[start : start + size]
+            block.eq_(best[:size])
+            torch.addcmul(mean_grad[:size], block, max_grad[:size], out=block)
+            start += size
+        grad_packed = logits @ table if ctx.needs_input_grad[0] else None
+        grad_table = (packed.t() @ logits).t() if ctx.needs_input_grad[1] else None
+        _release(ctx.workspace)
+        ctx.workspace = None
+        return grad_packed, grad_table, None, None, None, None, None
