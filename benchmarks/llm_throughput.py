@@ -1,9 +1,9 @@
 """LLM inference throughput: the naive loop against the intentrec engine, on the same prompts, in one run.
 
-    .venv/bin/python benchmarks/llm_throughput.py --dataset /tmp/beauty --model smollm2 --n 200
+    .venv/bin/python benchmarks/llm_throughput.py --dataset runs/data/beauty --model smollm2 --n 200
 
 ``--dataset`` is a prepared dataset (``intentrec prepare generic ../shared/data/amazon/beauty-2014-5core
---protocol llm4sbr-beauty --out /tmp/beauty``). The prompts are those of the first ``--n`` examples of
+--protocol llm4sbr-beauty --out runs/data/beauty``). The prompts are those of the first ``--n`` examples of
 the test split (prefix-augmented sessions, so consecutive examples grow the same session).
 
 * naive: one prompt at a time in the original order, the KV cache cleared before each (no prefix
@@ -14,7 +14,8 @@ the test split (prefix-augmented sessions, so consecutive examples grow the same
   sequence;
 * the seeds' way (``--hf-n N``): Hugging Face ``generate``, one prompt at a time, the same GGUF file
   loaded into ``transformers`` (dequantised to float32), greedy, same max tokens and repetition
-  penalty, on the first N distinct prompts; compared per prompt with the engine.
+  penalty, on the first N distinct prompts; compared per prompt with the engine. ``--hf-batch B``
+  adds the same prompts B per ``generate`` call (left padding, sorted by length).
 
 Model loading is outside every timing. It also times a few prompts on every installed shipped model
 and measures on ``--quality-n`` sampled prompts how often each model's answer is empty, garbage, or
@@ -65,6 +66,12 @@ def _args() -> argparse.Namespace:
     p.add_argument(
         "--hf-n", type=_non_negative, default=0, help="prompts for the Hugging Face generate row (0: no row)"
     )
+    p.add_argument(
+        "--hf-batch",
+        type=_positive,
+        default=1,
+        help="also time HF generate with this many prompts per call, left-padded (1: no batched row)",
+    )
     p.add_argument("--quality-models", default="smollm2,qwen0.5b,qwen1.5b")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "llm-throughput.md")
     return p.parse_args()
@@ -91,8 +98,9 @@ def _naive(backend, prompts, decoding):
     return time.perf_counter() - started, gens
 
 
-def _hf_generate(model_name: str, prompts, decoding, threads: int | None) -> tuple[float, int]:
-    """Seconds and completion tokens of HF ``generate`` over ``prompts``, one at a time (loading untimed)."""
+def _hf_generate(model_name: str, prompts, decoding, threads: int | None, batch: int = 1) -> tuple[float, int]:
+    """Seconds and completion tokens of HF ``generate`` over ``prompts``, ``batch`` at a time (left-padded,
+    sorted by length so a batch holds similar lengths; loading untimed)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -103,20 +111,28 @@ def _hf_generate(model_name: str, prompts, decoding, threads: int | None) -> tup
     path = ensure_shipped_model(model_name)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    texts = [tokenizer.apply_chat_template(list(m), tokenize=False, add_generation_prompt=True) for m in prompts]
+    texts.sort(key=lambda t: len(tokenizer(t)["input_ids"]))
     tokens = 0
     started = time.perf_counter()
     with torch.inference_mode():
-        for messages in prompts:
-            text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-            ids = tokenizer(text, return_tensors="pt")
+        for start in range(0, len(texts), batch):
+            ids = tokenizer(texts[start : start + batch], return_tensors="pt", padding=True)
             out = model.generate(
                 **ids,
                 max_new_tokens=decoding.max_tokens,
                 do_sample=False,
                 repetition_penalty=decoding.repeat_penalty,
-                pad_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
             )
-            tokens += int(out.shape[1] - ids["input_ids"].shape[1])
+            completion = out[:, ids["input_ids"].shape[1] :]
+            # tokens up to and including the first end-of-sequence token of each answer
+            ended = (completion == tokenizer.eos_token_id) | (completion == tokenizer.pad_token_id)
+            first_end = torch.where(ended.any(1), ended.int().argmax(1) + 1, completion.shape[1])
+            tokens += int(first_end.sum())
     return time.perf_counter() - started, tokens
 
 
@@ -200,6 +216,12 @@ def main() -> None:
         hf_s, hf_tokens = _hf_generate(args.model, sample, decoding, args.threads)
         hf_row = (len(sample), hf_s, hf_tokens)
         _log(f"HF generate: {hf_s / len(sample):.2f} s/prompt")
+    hf_batched = None
+    if args.hf_n and args.hf_batch > 1:
+        _log(f"Hugging Face generate, {args.hf_batch} at a time (left-padded): {len(sample)} prompts")
+        hf_b_s, hf_b_tokens = _hf_generate(args.model, sample, decoding, args.threads, batch=args.hf_batch)
+        hf_batched = (hf_b_s, hf_b_tokens)
+        _log(f"HF generate batched: {hf_b_s / len(sample):.2f} s/prompt")
 
     per_prompt = []
     installed = installed_models()
@@ -275,6 +297,13 @@ def main() -> None:
             f"({hf_tokens / hf_s:.1f} generated tokens/s). Per distinct prompt the engine took "
             f"{engine_per_prompt:.2f} s: **{hf_s / n_hf / engine_per_prompt:.2f}×** faster.",
         ]
+        if hf_batched is not None:
+            hf_b_s, hf_b_tokens = hf_batched
+            lines.append(
+                f"Batched, {args.hf_batch} prompts per `generate` call (left padding, sorted by length), the same "
+                f"prompts: **{hf_b_s / n_hf:.2f} s/prompt** ({hf_b_tokens / hf_b_s:.1f} generated tokens/s); "
+                f"the engine is **{hf_b_s / n_hf / engine_per_prompt:.2f}×** that."
+            )
     lines += [
         "",
         f"examples/s counts all {len(prompts)} examples answered (duplicates are answered once and shared). "
