@@ -1,7 +1,9 @@
-"""Helpers of the serving tests: a tiny trained run, the server as a real process, a stand-in cold-start map."""
+"""Helpers of the serving tests: a tiny trained run, the server as a real process, a stand-in cold-start map,
+and a real one over a deterministic stand-in text encoder (importing this module registers it)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -12,15 +14,56 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import torch
 
+from intentrec.config import Config
+from intentrec.semantic.encoders import ENCODERS, TextEncoder
 from tests.helpers.tinyrun import FAST_TRAINER
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"ready on (http://\S+)")
 STANDIN = "python:tests.helpers.serving:standin_map"
+#: the stand-in map has no text encoder: calibrated, it is served with text weight 0 (the placed rows' scores)
+STANDIN_ARGS = ("--cold-start", STANDIN, "--cold-text-weight", "0")
+HASH_ENCODER = "test-serve-hash"
+#: a ridge map (intentrec.models.cold_start) fitted at start-up over the stand-in encoder HASH_ENCODER
+HASH_MAP = "python:tests.helpers.serving:hash_map"
+
+
+class HashEncoderConfig(Config):
+    dim: int = 16
+
+
+class HashEncoder(TextEncoder):
+    """Deterministic stand-in for a text encoder: a vector from the text's sha256 (equal texts, equal vectors)."""
+
+    config_class = HashEncoderConfig
+
+    def __init__(self, config: HashEncoderConfig):
+        self.dim = config.dim
+
+    def encode(self, texts: list[str], *, normalize: bool = False, batch_size: int = 64) -> np.ndarray:
+        raw = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8)[: self.dim] for t in texts]
+        out = np.asarray(raw, dtype=np.float32).reshape(len(texts), self.dim) - 127.5
+        return out / np.linalg.norm(out, axis=1, keepdims=True) if normalize else out
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": HASH_ENCODER, "dim": self.dim}
+
+
+if HASH_ENCODER not in ENCODERS:
+    ENCODERS.register(HASH_ENCODER)(HashEncoder)
+
+
+def hash_map(model, dataset):
+    """``--cold-start python:tests.helpers.serving:hash_map``: a map fitted as ``--cold-start fit`` fits one."""
+    from intentrec.models.cold_start import fit_cold_start_map
+
+    return fit_cold_start_map(model, dataset, HASH_ENCODER)
 
 
 def train_tiny_run(data: Path, out: Path, model: str = "srgnn", **method) -> Path:

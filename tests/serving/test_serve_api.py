@@ -11,7 +11,7 @@ import pytest
 
 from intentrec.serving.recommend import recommend as cli_recommend
 from intentrec.training import load_run
-from tests.helpers.serving import STANDIN, Server, recommend
+from tests.helpers.serving import STANDIN_ARGS, Server, recommend
 
 MAX_SESSION = 20
 
@@ -19,7 +19,7 @@ MAX_SESSION = 20
 @pytest.fixture(scope="module")
 def server(tiny_run, tmp_path_factory):
     db = tmp_path_factory.mktemp("items") / "items.sqlite"
-    args = [tiny_run, "--items-db", db, "--cold-start", STANDIN, "--max-session", MAX_SESSION, "--max-body-bytes", 4096]
+    args = [tiny_run, "--items-db", db, *STANDIN_ARGS, "--max-session", MAX_SESSION, "--max-body-bytes", 4096]
     with Server(*args) as srv:
         yield srv
 
@@ -128,6 +128,7 @@ def test_items_get_post_and_a_new_item_is_ranked_at_once(client):
     missing = client.get("/v1/items/never-added")
     assert missing.status_code == 404 and "never-added" in missing.json()["detail"]
     # the stand-in map gives a text equal to item 5's title item 5's row: the twin must score like it
+    # (calibrated, text weight 0, against the stand-in's rows of the trained items' texts, i.e. their own rows)
     twin = {"item_id": "twin/5 ü", "title": "Item number 5", "description": "same text", "categories": ["a"]}
     added = client.post("/v1/items", json=twin)
     assert added.status_code == 201 and added.json() == {**twin, "source": "added"}

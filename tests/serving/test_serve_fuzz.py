@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
 
-from tests.helpers.serving import STANDIN, Server  # noqa: E402
+from tests.helpers.serving import STANDIN_ARGS, Server  # noqa: E402
 
 EXAMPLES = 25  # per operation and mode: 6 operations × 2 modes × 25 requests
 
@@ -19,7 +19,7 @@ EXAMPLES = 25  # per operation and mode: 6 operations × 2 modes × 25 requests
 @pytest.fixture(scope="module")
 def fuzz_server(tiny_run, tmp_path_factory):
     db = tmp_path_factory.mktemp("fuzz") / "items.sqlite"
-    with Server(tiny_run, "--items-db", db, "--cold-start", STANDIN, "--max-session", 50) as srv:
+    with Server(tiny_run, "--items-db", db, *STANDIN_ARGS, "--max-session", 50) as srv:
         yield srv
 
 

@@ -14,15 +14,15 @@ from intentrec.serving.batching import MicroBatcher
 from intentrec.serving.config import ServeConfig
 from intentrec.serving.engine import Engine, Query
 from intentrec.serving.items import ItemStore
-from tests.helpers.serving import STANDIN, Server, recommend, run_to_completion, train_tiny_run
+from tests.helpers.serving import STANDIN_ARGS, Server, recommend, run_to_completion, train_tiny_run
 
 
 def test_items_survive_a_restart(tiny_run, tmp_path):
     db = tmp_path / "items.sqlite"
-    with Server(tiny_run, "--items-db", db, "--cold-start", STANDIN) as first, first.client() as c:
+    with Server(tiny_run, "--items-db", db, *STANDIN_ARGS) as first, first.client() as c:
         assert c.post("/v1/items", json={"item_id": "kept", "title": "Item number 9"}).status_code == 201
         before = recommend(c, ["it2", "it3"], k=31)["items"]
-    with Server(tiny_run, "--items-db", db, "--cold-start", STANDIN) as second, second.client() as c:
+    with Server(tiny_run, "--items-db", db, *STANDIN_ARGS) as second, second.client() as c:
         assert c.get("/v1/items/kept").json()["source"] == "added"
         assert recommend(c, ["it2", "it3"], k=31)["items"] == before
         assert c.get("/readyz").json()["items"] == 31
@@ -45,7 +45,7 @@ def test_every_acknowledged_item_survives_kill_9(tiny_run, tmp_path):
                 if len(acknowledged) >= 15:
                     enough.set()
 
-    server = Server(tiny_run, "--items-db", db, "--cold-start", STANDIN).start()
+    server = Server(tiny_run, "--items-db", db, *STANDIN_ARGS).start()
     try:
         adder = threading.Thread(target=add_forever, args=(server.url,))
         adder.start()
@@ -55,7 +55,7 @@ def test_every_acknowledged_item_survives_kill_9(tiny_run, tmp_path):
     finally:
         server.stop()
     assert len(acknowledged) >= 15
-    with Server(tiny_run, "--items-db", db, "--cold-start", STANDIN) as restarted, restarted.client() as c:
+    with Server(tiny_run, "--items-db", db, *STANDIN_ARGS) as restarted, restarted.client() as c:
         for item_id in acknowledged:
             assert c.get(f"/v1/items/{item_id}").status_code == 200, item_id
         ranked = {i["item_id"] for i in recommend(c, ["it3"], k=30 + len(acknowledged))["items"]}

@@ -73,6 +73,18 @@ def serve_command(
         "--encoder",
         help="Text encoder of a cold-start map fitted at start-up (default: the model's own, else minilm).",
     ),
+    cold_calibration: str = typer.Option(
+        "moments",
+        "--cold-calibration",
+        help="Added items' scores vs the trained items', per session, as intentrec evaluate --cold-start: moments "
+        "(their mean and deviation), quantiles, or none (the placed rows' scores as they are).",
+    ),
+    cold_text_weight: float | None = typer.Option(
+        None,
+        "--cold-text-weight",
+        help="Weight of the session–item text cosine in added items' calibrated scores, the rest the placed row's "
+        "score (default: 1 with a calibration, 0 with none).",
+    ),
     items_refresh_s: float = typer.Option(
         2.0, "--items-refresh-s", help="Pick up other workers' added items this often (0: never)."
     ),
@@ -90,6 +102,7 @@ def serve_command(
             "host": host, "port": port, "device": device, "index": index, "faiss_above": faiss_above,
             "max_batch": max_batch, "batch_window_ms": batch_window_ms, "max_session": max_session, "max_k": max_k,
             "max_body_bytes": max_body_bytes, "items_db": items_db, "cold_start": cold_start, "encoder": encoder,
+            "cold_calibration": cold_calibration, "cold_text_weight": cold_text_weight,
             "items_refresh_s": items_refresh_s, "threads": threads, "log_level": log_level,
         },
         where="intentrec serve options",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from intentrec.config import Config
+
+if TYPE_CHECKING:
+    from intentrec.models.cold_start import ColdScoringConfig
 
 IndexKind = Literal["auto", "exact", "faiss-hnsw", "faiss-ivf"]
 
@@ -38,8 +41,41 @@ class ServeConfig(Config):
     encoder: str | None = Field(
         None, description="text encoder of a cold-start map fitted at start-up (None: the model's own, else minilm)"
     )
+    cold_calibration: Literal["moments", "quantiles", "none"] = Field(
+        "moments",
+        description="how added items' scores are put next to the trained items' (as intentrec evaluate --cold-start "
+        "calibrates cold items): per session, onto the trained items' score mean and deviation (moments) or their "
+        "quantiles; none: the placed rows' scores as the model computes them",
+    )
+    cold_text_weight: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="weight of the session–item text cosine in added items' calibrated scores, the rest being the "
+        "model's score of the placed row (None: 1 with a calibration, 0 with none)",
+    )
     items_refresh_s: float = Field(
         2.0, ge=0, description="how often to pick up items other workers added to the same items_db (0: never)"
     )
     threads: int | None = Field(None, ge=1, description="torch threads of the model worker (None: torch's default)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @model_validator(mode="after")
+    def _cold_scoring_is_valid(self) -> ServeConfig:
+        self.cold_scoring  # noqa: B018 - raises ValueError on a text weight without a calibration
+        return self
+
+    @property
+    def cold_scoring(self) -> ColdScoringConfig:
+        """The added items' scoring, as ``intentrec evaluate --cold-start`` takes it."""
+        from intentrec.models.cold_start import ColdScoringConfig
+
+        weight = self.cold_text_weight
+        if weight is None:
+            weight = 0.0 if self.cold_calibration == "none" else 1.0
+        elif weight > 0 and self.cold_calibration == "none":
+            raise ValueError(
+                f"cold_text_weight {weight} blends z-scored scores, which are then calibrated: it needs "
+                "cold_calibration moments or quantiles (none ranks the placed rows as they are)"
+            )
+        return ColdScoringConfig(calibration=self.cold_calibration, text_weight=weight)

@@ -4,6 +4,10 @@ Everything here is built once at start-up. Per request nothing shared is mutated
 catalogue's ``size`` once and scores against the rows published up to then. All model work (forward
 passes, FAISS, embedding added items) runs in one worker thread, so torch and FAISS never see two
 callers at once.
+
+Added items are scored as ``intentrec evaluate --cold-start`` scores cold items (``--cold-calibration``,
+``--cold-text-weight``; :mod:`intentrec.serving.cold_scoring`), or by their placed rows as they are
+(``--cold-calibration none``).
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import ConfigError, IntentrecError
 from intentrec.models.base import BackboneOutput, SessionModel
+from intentrec.models.cold_start import ColdScoringConfig
+from intentrec.serving.cold_scoring import ColdScorer
 from intentrec.serving.config import ServeConfig
 from intentrec.serving.index import FaissIndex
 from intentrec.serving.items import AddedItem, Catalogue, ItemStore
@@ -30,7 +37,12 @@ log = logging.getLogger("intentrec.serve")
 
 
 class RowMap(Protocol):
-    """What the server needs of a cold-start map (``intentrec.models.cold_start.ColdStartMap``)."""
+    """What the server needs of a cold-start map (``intentrec.models.cold_start.ColdStartMap``).
+
+    The calibrated scoring with a text weight above 0 also needs ``text_encoder()`` (the encoder the
+    map reads: ``encode(texts, normalize=True)``, ``identity_key()``); with ``rows_from_vectors(vectors)``
+    as well, an added item's text is encoded once for both.
+    """
 
     template: str  # how an item's fields become the text the map reads (semantic.item_texts)
 
@@ -55,8 +67,11 @@ class ServedRun:
     index: FaissIndex | None = None
     rows: RowMap | None = None  # cold-start map; None: items cannot be added (``cold_problem`` says why)
     cold_problem: str | None = None
-    #: scoring_table() and then the added items' rows, once an item is added (published before ``size``)
+    #: scoring_table() and then (calibration none) the added items' rows, once an item is added (published
+    #: before ``size``); with a calibration, scoring_table() alone, set at start-up
     table: torch.Tensor | None = None
+    #: what the calibrated scoring of added items keeps (None: calibration none, or items cannot be added)
+    cold: ColdScorer | None = None
 
     @property
     def model(self) -> SessionModel:
@@ -185,6 +200,7 @@ class Engine:
         return engine
 
     def _setup_cold_start(self) -> None:
+        how = self.cfg.cold_scoring
         for run in self.runs.values():
             if self.store is None:
                 run.cold_problem = "the server was started without --items-db"
@@ -193,6 +209,7 @@ class Engine:
             elif (why := run.model.new_items_problem()) is not None:
                 run.cold_problem = f"model '{run.model.registry_name}' cannot rank added items: {why}"
             else:
+                _check_index_calibration(run, how)
                 try:
                     run.rows = _load_rows_map(self.cfg.cold_start, run.trained, self.cfg.encoder)
                     probe = run.rows.rows(["probe"])
@@ -201,10 +218,20 @@ class Engine:
                         raise IntentrecError(
                             f"the cold-start map gives rows of shape {tuple(probe.shape)}, not (1, {width})"
                         )
+                    if how.calibration != "none":
+                        run.cold = _cold_scorer(run, how)
+                        with torch.inference_mode():
+                            run.table = run.model.scoring_table().detach().float()
                 except IntentrecError as exc:
                     run.cold_problem = str(exc)
             if run.cold_problem is not None:
                 log.warning("run '%s': items cannot be added: %s", run.name, run.cold_problem)
+            else:
+                log.info(
+                    "run '%s': added items scored %s", run.name,
+                    f"by calibration {how.calibration}, text weight {how.text_weight:g}" if run.cold is not None
+                    else "by their placed rows as the model scores them (calibration none)",
+                )  # fmt: skip
 
     @property
     def cold_problem(self) -> str | None:
@@ -213,20 +240,35 @@ class Engine:
         return "; ".join(problems) or None
 
     # ------------------------------------------------------------------ added items (worker thread)
-    def _rows_for(self, run: ServedRun, items: list[AddedItem]) -> torch.Tensor:
+    def _rows_for(self, run: ServedRun, items: list[AddedItem]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The items' rows ``[m, d']`` and, where the calibrated scoring reads them, text vectors ``[m, w]``."""
         assert run.rows is not None
+        text = None
         with torch.inference_mode():
             texts = [render_text(item, run.rows.template) for item in items]
-            rows = run.rows.rows(texts).detach().float().to(run.trained.device)
+            if run.cold is not None and run.cold.uses_text:
+                text = run.cold.text_vectors(texts)
+                from_vectors = getattr(run.rows, "rows_from_vectors", None)
+                rows = from_vectors(text) if from_vectors is not None else run.rows.rows(texts)
+                if not torch.isfinite(text).all():
+                    raise IntentrecError("the text encoder gave non-finite vectors")
+            else:
+                rows = run.rows.rows(texts)
+            rows = rows.detach().float().to(run.trained.device)
         if not torch.isfinite(rows).all():
             raise IntentrecError("the cold-start map gave non-finite rows")
-        return rows
+        return rows, text
 
-    def _publish(self, items: list[AddedItem], computed: dict[str, torch.Tensor] | None = None) -> None:
+    def _publish(
+        self, items: list[AddedItem], computed: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
+    ) -> None:
         if not items:
             return
         for run in self.runs.values():
-            rows = computed[run.name] if computed is not None else self._rows_for(run, items)
+            rows, text = computed[run.name] if computed is not None else self._rows_for(run, items)
+            if run.cold is not None:  # calibrated: the index (if any) keeps the trained items only
+                run.cold.add(rows, text)
+                continue
             if run.table is None:
                 with torch.inference_mode():
                     run.table = run.model.scoring_table().detach().float()
@@ -269,6 +311,11 @@ class Engine:
                 return self._search(run, batch, queries, size)
             if added == 0:
                 scores = model.serve_scores(batch)
+            elif run.cold is not None:  # the trained items as without added ones, the added calibrated to them
+                assert run.table is not None
+                output = model.serve_output(batch)
+                warm = model.score_with(output, run.table).float()
+                scores = torch.cat([warm, run.cold.exact(model, output, batch, warm, added)], 1)
             else:
                 assert run.table is not None
                 scores = model.score_with(model.serve_output(batch), run.table[:size])
@@ -287,9 +334,21 @@ class Engine:
         assert run.index is not None
         out: BackboneOutput = run.model.serve_output(batch)
         want = max(q.k + len(q.exclude) for q in queries)
-        values, columns = run.index.search(out.session.float().cpu().numpy(), want)
+        found, at = run.index.search(out.session.float().cpu().numpy(), want)
+        trained = self.catalogue.num_trained
+        if run.cold is not None and size > trained:
+            # the index holds the trained items; the added ones are scored exactly, calibrated, and merged
+            cold = torch.nan_to_num(run.cold.linear(out.session, batch, size - trained), nan=float("-inf")).cpu()
+            found_t, at_t = torch.from_numpy(found), torch.from_numpy(at).long()
+            found_t = found_t.masked_fill(at_t < 0, float("-inf"))
+            cold_at = torch.arange(trained, size).expand(cold.shape[0], -1)
+            merged, merged_at = torch.cat([found_t, cold.to(found_t.dtype)], 1), torch.cat([at_t, cold_at], 1)
+            top = torch.topk(merged, min(want, merged.shape[1]))
+            values, columns = top.values.tolist(), merged_at.gather(1, top.indices).tolist()
+        else:
+            values, columns = found.tolist(), at.tolist()
         results = []
-        for v, c, q in zip(values.tolist(), columns.tolist(), queries):
+        for v, c, q in zip(values, columns, queries):
             kept = [(col, s) for col, s in zip(c, v) if 0 <= col < size]
             results.append(_keep([s for _, s in kept], [col for col, _ in kept], q))
         return results
@@ -298,6 +357,86 @@ class Engine:
         self.executor.shutdown(wait=True)
         if self.store is not None:
             self.store.close()
+
+
+def _check_index_calibration(run: ServedRun, how: ColdScoringConfig) -> None:
+    """A FAISS index gives the top-K inner products of the trained items, not all their scores: added
+    items can be calibrated against that only by moments of the text similarity (closed form)."""
+    if run.index is None or how.calibration == "none":
+        return
+    if how.calibration == "quantiles" or how.text_weight < 1:
+        need = (
+            "every trained item's score (their quantiles)"
+            if how.calibration == "quantiles"
+            else "every trained item's placed-row score (a text weight below 1)"
+        )
+        raise ConfigError(
+            f"run '{run.name}': --index {run.index_kind} returns only the top-K of the trained items, and "
+            f"--cold-calibration {how.calibration} --cold-text-weight {how.text_weight:g} needs {need}; with an "
+            "index, added items are calibrated by --cold-calibration moments --cold-text-weight 1 (the default) or "
+            "ranked uncalibrated (--cold-calibration none); or rank exactly (--index exact)"
+        )
+
+
+def _cold_scorer(run: ServedRun, how: ColdScoringConfig) -> ColdScorer:
+    """The calibrated scoring's state: the trained catalogue's text vectors (the map's encoder and
+    template) and/or its rows placed from them, and under a FAISS index the item table's moments."""
+    assert run.rows is not None
+    encoder = None
+    vectors = None
+    dataset_path = run.trained.dataset.path
+    if how.text_weight > 0 or hasattr(run.rows, "rows_from_vectors"):
+        get_encoder = getattr(run.rows, "text_encoder", None)
+        if get_encoder is not None:
+            encoder = get_encoder()
+        elif how.text_weight > 0:
+            raise IntentrecError(
+                "the cold-start map has no text encoder (text_encoder()), which the session–item text cosine "
+                f"of the calibrated scoring (--cold-text-weight {how.text_weight:g}) needs: serve with "
+                "--cold-text-weight 0 (calibrate the placed rows' scores only) or --cold-calibration none"
+            )
+    if encoder is not None:
+        from intentrec.semantic.intents import embed_catalogue
+
+        catalogue = embed_catalogue(dataset_path, encoder, normalize=True, template=run.rows.template)
+        vectors = torch.from_numpy(np.ascontiguousarray(catalogue.vectors, dtype=np.float32))
+        if vectors.shape[0] != run.model.num_items:
+            raise IntentrecError(f"{vectors.shape[0]} catalogue text vectors for {run.model.num_items} items")
+    placed = None
+    with torch.inference_mode():
+        if how.text_weight < 1:
+            if vectors is not None and hasattr(run.rows, "rows_from_vectors"):
+                placed = run.rows.rows_from_vectors(vectors)  # type: ignore[attr-defined]
+            else:
+                from intentrec.data.dataset import PreparedDataset
+                from intentrec.semantic.item_texts import item_texts
+
+                placed = run.rows.rows(item_texts(PreparedDataset(dataset_path), run.rows.template)[0])
+            if not torch.isfinite(placed).all():
+                raise IntentrecError("the cold-start map gave non-finite rows for the trained items' texts")
+        linear = run.index is not None or _scores_are_inner_products(run.model)
+        item_table = run.model.item_table().detach().float() if linear else None
+        return ColdScorer(
+            how,
+            run.model.num_items,
+            text=vectors if how.text_weight > 0 else None,
+            placed=placed,
+            item_table=item_table,
+            encoder=encoder,
+            device=run.trained.device,
+        )
+
+
+def _scores_are_inner_products(model: SessionModel) -> bool:
+    """True where ``score(output)`` is ``output.session · item_table()`` by construction (a backbone that
+    keeps the plain dot product), so the warm scores' moments have a closed form."""
+    from intentrec.models.base import Backbone
+
+    return (
+        isinstance(model, Backbone)
+        and type(model).score is Backbone.score
+        and type(model).score_with is Backbone.score_with
+    )
 
 
 def render_text(item: AddedItem, template: str) -> str:
