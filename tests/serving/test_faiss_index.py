@@ -40,3 +40,16 @@ def test_a_search_breadth_below_one_is_refused():
     index = FaissIndex(table, "faiss-ivf")
     with pytest.raises(ConfigError, match="search breadth"):
         index.search_breadth = 0
+
+
+def test_the_server_sets_the_search_breadth_it_is_given(tiny_run):
+    from intentrec.serving.config import ServeConfig
+    from intentrec.serving.engine import Engine
+
+    engine = Engine.load([str(tiny_run)], ServeConfig(index="faiss-hnsw", faiss_breadth=7))
+    try:
+        assert engine.runs["srgnn"].index.search_breadth == 7
+    finally:
+        engine.close()
+    with pytest.raises(ValueError, match="faiss_breadth"):
+        ServeConfig(index="faiss-hnsw", faiss_breadth=0)

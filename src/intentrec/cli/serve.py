@@ -52,6 +52,11 @@ def serve_command(
         "--index",
         help="Top-K search: exact (torch.topk), faiss-hnsw, faiss-ivf, or auto (FAISS above --faiss-above items).",
     ),
+    faiss_breadth: int | None = typer.Option(
+        None,
+        "--faiss-breadth",
+        help="FAISS search breadth: HNSW efSearch / IVF nprobe (default 128 / 16); wider = higher recall, slower.",
+    ),
     faiss_above: int = typer.Option(
         1_000_000, "--faiss-above", help="--index auto: catalogues larger than this use FAISS HNSW."
     ),
@@ -99,7 +104,8 @@ def serve_command(
 
     cfg = ServeConfig.build(
         {
-            "host": host, "port": port, "device": device, "index": index, "faiss_above": faiss_above,
+            "host": host, "port": port, "device": device, "index": index, "faiss_breadth": faiss_breadth,
+            "faiss_above": faiss_above,
             "max_batch": max_batch, "batch_window_ms": batch_window_ms, "max_session": max_session, "max_k": max_k,
             "max_body_bytes": max_body_bytes, "items_db": items_db, "cold_start": cold_start, "encoder": encoder,
             "cold_calibration": cold_calibration, "cold_text_weight": cold_text_weight,

@@ -22,6 +22,12 @@ class ServeConfig(Config):
     port: int = Field(8000, ge=0, le=65535, description="0: any free port (printed at start-up)")
     device: str = "cpu"
     index: IndexKind = Field("auto", description="top-K search: exact torch.topk, or a FAISS inner-product index")
+    faiss_breadth: int | None = Field(
+        None,
+        ge=1,
+        description="FAISS search breadth: HNSW efSearch or IVF nprobe (None: 128 / 16); wider finds more of the "
+        "exact top-K, slower (benchmarks/topk_faiss.py measures the trade-off)",
+    )
     faiss_above: int = Field(
         1_000_000, ge=1, description="index=auto: use FAISS HNSW above this many items (where the model allows it)"
     )

@@ -191,6 +191,8 @@ class Engine:
             if run.index_kind != "exact":
                 table = run.model.item_table().detach().float().cpu().numpy()
                 run.index = FaissIndex(table, run.index_kind)
+                if cfg.faiss_breadth is not None:
+                    run.index.search_breadth = cfg.faiss_breadth
             log.info("run '%s': %s, %d items, top-K by %s", run.name, run.path, run.model.num_items, run.index_kind)
         store = ItemStore(cfg.items_db) if cfg.items_db is not None else None
         engine = cls(runs, catalogue, cfg, store)
