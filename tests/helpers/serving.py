@@ -3,7 +3,6 @@ and a real one over a deterministic stand-in text encoder (importing this module
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -14,14 +13,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
-import numpy as np
 import torch
 
-from intentrec.config import Config
-from intentrec.semantic.encoders import ENCODERS, TextEncoder
+from tests.helpers.hash_encoder import register_hash_encoder
 from tests.helpers.tinyrun import FAST_TRAINER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,29 +30,7 @@ HASH_ENCODER = "test-serve-hash"
 HASH_MAP = "python:tests.helpers.serving:hash_map"
 
 
-class HashEncoderConfig(Config):
-    dim: int = 16
-
-
-class HashEncoder(TextEncoder):
-    """Deterministic stand-in for a text encoder: a vector from the text's sha256 (equal texts, equal vectors)."""
-
-    config_class = HashEncoderConfig
-
-    def __init__(self, config: HashEncoderConfig):
-        self.dim = config.dim
-
-    def encode(self, texts: list[str], *, normalize: bool = False, batch_size: int = 64) -> np.ndarray:
-        raw = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8)[: self.dim] for t in texts]
-        out = np.asarray(raw, dtype=np.float32).reshape(len(texts), self.dim) - 127.5
-        return out / np.linalg.norm(out, axis=1, keepdims=True) if normalize else out
-
-    def identity(self) -> dict[str, Any]:
-        return {"backend": HASH_ENCODER, "dim": self.dim}
-
-
-if HASH_ENCODER not in ENCODERS:
-    ENCODERS.register(HASH_ENCODER)(HashEncoder)
+register_hash_encoder(HASH_ENCODER, 16)
 
 
 def hash_map(model, dataset):

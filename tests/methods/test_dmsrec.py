@@ -3,17 +3,14 @@ and an end-to-end run over SR-GNN on the tiny dataset."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from intentrec.config import Config
 from intentrec.data.batch import SessionBatch
 from intentrec.errors import ConfigError, DataError
 from intentrec.models.methods import FeatureTable, build_method
@@ -26,35 +23,14 @@ from intentrec.models.methods.dmsrec_features import (
 )
 from intentrec.models.methods.losses import ALIGNMENTS
 from intentrec.models.registry import BACKBONES, build_backbone, load_all
-from intentrec.semantic.encoders import ENCODERS, TextEncoder
+from tests.helpers.hash_encoder import register_hash_encoder
 from tests.helpers.tiny_dataset import write_tiny_dataset
 
 load_all()
 ENCODER = "dmsrec-test-hash"
 
 
-class HashEncoderConfig(Config):
-    dim: int = 8
-
-
-@ENCODERS.register(ENCODER)
-class HashEncoder(TextEncoder):
-    """Deterministic stand-in for a text encoder: a unit vector from the text's sha256."""
-
-    config_class = HashEncoderConfig
-
-    def __init__(self, config: HashEncoderConfig):
-        self.dim = config.dim
-
-    def encode(self, texts: list[str], *, normalize: bool = False, batch_size: int = 64) -> np.ndarray:
-        raw = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8)[: self.dim] for t in texts]
-        out = np.asarray(raw, dtype=np.float32).reshape(len(texts), self.dim) - 127.5
-        if normalize:
-            out /= np.linalg.norm(out, axis=1, keepdims=True)
-        return out
-
-    def identity(self) -> dict[str, Any]:
-        return {"backend": ENCODER, "dim": self.dim}
+register_hash_encoder(ENCODER, 8)
 
 
 @pytest.fixture(autouse=True)

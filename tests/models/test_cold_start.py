@@ -4,16 +4,13 @@ together for every model that can, and the cold-start evaluation of a trained ru
 
 from __future__ import annotations
 
-import hashlib
 import json
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from intentrec.config import Config
 from intentrec.data.cold_items import ColdStartView, choose_cold_items, without_items
 from intentrec.data.dataset import PreparedDataset
 from intentrec.errors import ConfigError, DataError, IntentrecError
@@ -21,10 +18,10 @@ from intentrec.models.cold_start import ColdScoringConfig, ColdStartMap, cold_it
 from intentrec.models.methods import build_method
 from intentrec.models.methods.semsr import TEXT
 from intentrec.models.registry import build_backbone
-from intentrec.semantic.encoders import ENCODERS, TextEncoder
 from intentrec.training import load_run, train
 from intentrec.training.cold_start import evaluate_cold_start
 from tests.helpers import models as contract
+from tests.helpers.hash_encoder import register_hash_encoder
 from tests.helpers.tinyrun import FAST_TRAINER, TEST_BACKBONE, write_tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -32,28 +29,7 @@ ENCODER = "test-cold-hash"
 WIDTH = 8
 
 
-class HashConfig(Config):
-    dim: int = WIDTH
-
-
-if ENCODER not in ENCODERS:
-
-    @ENCODERS.register(ENCODER)
-    class HashEncoder(TextEncoder):
-        """Deterministic stand-in for a text encoder: a vector from the text's sha256."""
-
-        config_class = HashConfig
-
-        def __init__(self, config: HashConfig):
-            self.dim = config.dim
-
-        def encode(self, texts: list[str], *, normalize: bool = False, batch_size: int = 64) -> np.ndarray:
-            raw = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8)[: self.dim] for t in texts]
-            out = np.asarray(raw, dtype=np.float32).reshape(len(texts), self.dim) - 127.5
-            return out / np.linalg.norm(out, axis=1, keepdims=True) if normalize else out
-
-        def identity(self) -> dict[str, Any]:
-            return {"backend": ENCODER, "dim": self.dim}
+register_hash_encoder(ENCODER, WIDTH)
 
 
 @pytest.fixture(autouse=True)
