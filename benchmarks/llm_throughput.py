@@ -16,6 +16,8 @@ the test split (prefix-augmented sessions, so consecutive examples grow the same
   loaded into ``transformers`` (dequantised to float32), greedy, same max tokens and repetition
   penalty, on the first N distinct prompts; compared per prompt with the engine. ``--hf-batch B``
   adds the same prompts B per ``generate`` call (left padding, sorted by length).
+* llama.cpp's own server (``--llama-server BINARY``): ``llama-server --parallel N --cont-batching`` on
+  the same GGUF, the distinct prompts sent N at a time through intentrec's OpenAI backend.
 
 Model loading is outside every timing. It also times a few prompts on every installed shipped model
 and measures on ``--quality-n`` sampled prompts how often each model's answer is empty, garbage, or
@@ -65,6 +67,12 @@ def _args() -> argparse.Namespace:
     p.add_argument("--quality-n", type=_non_negative, default=30)
     p.add_argument(
         "--hf-n", type=_non_negative, default=0, help="prompts for the Hugging Face generate row (0: no row)"
+    )
+    p.add_argument(
+        "--llama-server",
+        type=Path,
+        default=None,
+        help="a llama-server binary (llama.cpp's server): adds its row on the same distinct prompts",
     )
     p.add_argument(
         "--hf-batch",
@@ -134,6 +142,53 @@ def _hf_generate(model_name: str, prompts, decoding, threads: int | None, batch:
             first_end = torch.where(ended.any(1), ended.int().argmax(1) + 1, completion.shape[1])
             tokens += int(first_end.sum())
     return time.perf_counter() - started, tokens
+
+
+def _llama_server(binary: Path, model_name: str, prompts, decoding, n_parallel: int, threads: int | None):
+    """Seconds and generations of llama.cpp's own server (``--parallel`` slots, continuous batching,
+    its prompt cache) over ``prompts``, sent ``n_parallel`` at a time through intentrec's OpenAI
+    backend; starting the server and loading the model are not timed."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    from intentrec.semantic.llm import get_llm
+    from intentrec.semantic.llm.models import ensure_shipped_model
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(binary), "-m", str(ensure_shipped_model(model_name)), "--host", "127.0.0.1", "--port", str(port),
+           "--parallel", str(n_parallel), "--ctx-size", str(2048 * n_parallel), "--cont-batching"]  # fmt: skip
+    if threads:
+        cmd += ["--threads", str(threads), "--threads-batch", str(threads)]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-2000:]
+                    raise SystemExit(f"llama-server exited with {proc.returncode}:\n{tail}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:  # refused while starting, 503 while loading
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("llama-server was not ready after 180 s")
+                time.sleep(0.5)
+            llm = get_llm(f"http://127.0.0.1:{port}/v1#{model_name}", concurrency=n_parallel)
+            started = time.perf_counter()
+            gens = llm.generate(prompts, decoding)
+            seconds = time.perf_counter() - started
+            llm.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return seconds, gens
 
 
 def main() -> None:
@@ -208,6 +263,23 @@ def main() -> None:
     )
     same = sum(answers[e].answer == g.text for e, g in zip(plan.example_ids.tolist(), naive_gens) if e in answers)
     _log(f"engine: {engine_s:.1f} s; {same}/{len(prompts)} answers identical to naive")
+
+    server_same = server_tokens = naive_tokens = None
+    if args.llama_server:
+        unique = [plan.messages[k] for k in plan.messages]
+        _log(f"llama-server --parallel {args.n_parallel}: {len(unique)} distinct prompts")
+        server_s, server_gens = _llama_server(
+            args.llama_server, args.model, unique, decoding, args.n_parallel, args.threads
+        )
+        naive_by_key = dict(zip(plan.keys, naive_gens, strict=True))
+        server_same = sum(naive_by_key[k].text == g.text for k, g in zip(plan.messages, server_gens, strict=True))
+        rows_out.append((f"llama-server --parallel {args.n_parallel} via the OpenAI backend", len(unique), server_s))
+        server_tokens = sum(g.completion_tokens for g in server_gens) / len(server_gens)
+        naive_tokens = sum(g.completion_tokens for g in naive_gens) / len(naive_gens)
+        _log(
+            f"llama-server: {server_s:.1f} s; {server_same}/{len(unique)} answers identical to naive; "
+            f"{server_tokens:.1f} vs {naive_tokens:.1f} generated tokens per answer"
+        )
 
     hf_row = None
     if args.hf_n:
@@ -308,7 +380,13 @@ def main() -> None:
         "",
         f"examples/s counts all {len(prompts)} examples answered (duplicates are answered once and shared). "
         f"{same} of {len(prompts)} engine answers are byte-identical to the naive ones "
-        "(greedy decoding; the rest differ by floating-point rounding between batch shapes).",
+        "(greedy decoding; the rest differ by floating-point rounding between batch shapes)."
+        + (
+            f" {server_same} of {n_unique} llama-server answers equal the naive ones; it generated "
+            f"{server_tokens:.1f} tokens per answer, naive {naive_tokens:.1f}."
+            if server_same is not None
+            else ""
+        ),
         "",
         "## Seconds per prompt of each shipped model",
         "",
