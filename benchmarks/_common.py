@@ -39,6 +39,22 @@ def command_line() -> str:
     return "python " + shlex.join([shown, *sys.argv[1:]])
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number ≥ 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def add_malloc_tuning_flag(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """``--malloc-tuning / --no-malloc-tuning`` (default on): measure ours as the trainer runs it."""
     parser.add_argument(

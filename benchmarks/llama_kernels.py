@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import statistics
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from _common import positive_int  # noqa: E402
 
 
 def load_backends(folder: Path) -> str:
@@ -49,10 +47,10 @@ def load_backends(folder: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen0.5b", help="a shipped model name")
-    p.add_argument("--threads", type=_positive, default=2)
-    p.add_argument("--prompt-tokens", type=_positive, default=256)
-    p.add_argument("--decode-tokens", type=_positive, default=64)
-    p.add_argument("--repeats", type=_positive, default=3)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--prompt-tokens", type=positive_int, default=256)
+    p.add_argument("--decode-tokens", type=positive_int, default=64)
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--backend-dir", type=Path, default=None, help="folder of libggml-cpu-*.so to load")
     args = p.parse_args()
 

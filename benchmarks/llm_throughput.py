@@ -37,20 +37,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+from _common import non_negative_int, positive_int  # noqa: E402
 
 
 def _args() -> argparse.Namespace:
@@ -58,15 +47,15 @@ def _args() -> argparse.Namespace:
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--model", default="smollm2")
     p.add_argument("--template", default="llm4sbr-short")
-    p.add_argument("--n", type=_positive, default=200)
-    p.add_argument("--n-parallel", type=_positive, default=8)
-    p.add_argument("--threads", type=_positive, default=None)
+    p.add_argument("--n", type=positive_int, default=200)
+    p.add_argument("--n-parallel", type=positive_int, default=8)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--per-prompt-models", default="smollm2,qwen0.5b,qwen1.5b")
-    p.add_argument("--per-prompt-n", type=_positive, default=4)
-    p.add_argument("--quality-n", type=_non_negative, default=30)
+    p.add_argument("--per-prompt-n", type=positive_int, default=4)
+    p.add_argument("--quality-n", type=non_negative_int, default=30)
     p.add_argument(
-        "--hf-n", type=_non_negative, default=0, help="prompts for the Hugging Face generate row (0: no row)"
+        "--hf-n", type=non_negative_int, default=0, help="prompts for the Hugging Face generate row (0: no row)"
     )
     p.add_argument(
         "--llama-server",
@@ -76,7 +65,7 @@ def _args() -> argparse.Namespace:
     )
     p.add_argument(
         "--hf-batch",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="also time HF generate with this many prompts per call, left-padded (1: no batched row)",
     )
