@@ -1,20 +1,19 @@
 """Raw llama.cpp prefill and decode rates of one shipped model with the installed llama-cpp-python.
 
     python benchmarks/llama_kernels.py --model qwen0.5b --threads 2
-    python benchmarks/llama_kernels.py --model qwen0.5b --threads 2 --backend-dir DIR
+    python benchmarks/llama_kernels.py --model qwen0.5b --threads 2 --cpu-variant icelake
 
-Run it once with each build to compare kernels (e.g. the default AVX2 wheel against a build with
-``-DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON``, whose CPU variants are shared libraries picked at
-run time: ``--backend-dir`` is the folder holding its ``libggml-cpu-*.so``, which llama-cpp-python
-does not load by itself). Prefill: one prompt of ``--prompt-tokens`` tokens evaluated at once, after a
-warm-up; decode: ``--decode-tokens`` tokens generated one at a time (greedy) after it. Each is the
-median of ``--repeats`` runs. Model loading is not timed.
+Run it once with each build or variant to compare kernels: the default AVX2 wheel against a build
+with run-time CPU variants (``INTENTREC_LLAMA_CPU_VARIANTS=1 bash scripts/install-llm.sh``), whose
+kernels are one shared library per CPU generation; ``--cpu-variant`` pins one (``auto``: the best this
+CPU runs, see ``intentrec.semantic.llm.cpu_variants``). Prefill: one prompt of ``--prompt-tokens``
+tokens evaluated at once, after a warm-up; decode: ``--decode-tokens`` tokens generated one at a time
+(greedy) after it. Each is the median of ``--repeats`` runs. Model loading is not timed.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import sys
 import time
@@ -25,25 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import positive_int  # noqa: E402
 
 
-def load_backends(folder: Path) -> str:
-    """Loads the dynamic CPU backends in ``folder`` into the libggml that llama_cpp uses; the chosen one."""
-    import llama_cpp  # noqa: F401  (loads libllama and, with it, the libggml it links)
-
-    # by soname: the already loaded library, so the backends register where libllama looks for them
-    ggml = ctypes.CDLL("libggml.so.0")
-    ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
-    ggml.ggml_backend_load_all_from_path(str(folder).encode())
-    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
-    ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
-    ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
-    ggml.ggml_backend_reg_name.restype = ctypes.c_char_p
-    ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
-    count = ggml.ggml_backend_reg_count()
-    if count == 0:
-        raise SystemExit(f"no ggml backend could be loaded from {folder}")
-    return ", ".join(ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode() for i in range(count))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen0.5b", help="a shipped model name")
@@ -51,14 +31,19 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=positive_int, default=256)
     p.add_argument("--decode-tokens", type=positive_int, default=64)
     p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--backend-dir", type=Path, default=None, help="folder of libggml-cpu-*.so to load")
+    p.add_argument("--cpu-variant", default=None, help="llama.cpp CPU variant to load (default: auto)")
     args = p.parse_args()
 
     import llama_cpp
 
+    from intentrec.errors import IntentrecError
+    from intentrec.semantic.llm.cpu_variants import ensure_cpu_backend
     from intentrec.semantic.llm.models import ensure_shipped_model
 
-    backends = load_backends(args.backend_dir) if args.backend_dir else "built in"
+    try:
+        backends = ensure_cpu_backend(args.cpu_variant).variant
+    except IntentrecError as error:
+        raise SystemExit(f"error: {error}") from None
     path = ensure_shipped_model(args.model)
     llm = llama_cpp.Llama(
         model_path=str(path), n_ctx=args.prompt_tokens + args.decode_tokens + 8, n_threads=args.threads, verbose=False

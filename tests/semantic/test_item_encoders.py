@@ -25,6 +25,7 @@ import pytest
 from intentrec.errors import ConfigError, IntentrecError
 from intentrec.semantic import encoders
 from intentrec.semantic.encoders import get_encoder
+from intentrec.semantic.llm.cpu_variants import backend_path_env
 from intentrec.semantic.llm.models import SHIPPED
 from tests.helpers.llm import require_smollm2
 
@@ -152,7 +153,7 @@ def _start_server(log: Path, extra: list[str]):
     cmd += ["--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
     cmd += ["--n_threads", "1", "--embedding", "true", *extra]
     fh = open(log, "wb")
-    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=backend_path_env())
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
     while True:

@@ -13,6 +13,7 @@ import pytest
 
 from intentrec.semantic.llm import get_llm
 from intentrec.semantic.llm.base import DecodingConfig
+from intentrec.semantic.llm.cpu_variants import backend_path_env
 from intentrec.semantic.llm.models import ensure_shipped_model
 from tests.helpers.llm import PROMPTS, require_smollm2
 
@@ -54,7 +55,7 @@ def server(tmp_path_factory):
         "1",
     ]
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=backend_path_env())
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120

@@ -60,6 +60,7 @@ class LlamaCppEmbedderConfig(Config):
     #: Longest text in tokens (longer ones are cut) and most tokens in one llama_decode call.
     max_length: int = Field(512, ge=8, le=32768)
     n_threads: int | None = Field(None, ge=1)  # None: half the usable cores, as the llamacpp LLM backend
+    cpu_variant: str | None = None  # as the llamacpp LLM backend's (intentrec.semantic.llm.cpu_variants)
     verbose: bool = False
 
 
@@ -99,10 +100,12 @@ class LlamaCppEmbedder(TextEncoder):
     def _load(self):
         if self._llm is not None:
             return self._llm
+        from intentrec.semantic.llm.cpu_variants import ensure_cpu_backend
         from intentrec.semantic.llm.llamacpp import _import_llama_cpp, default_threads
         from intentrec.semantic.llm.models import ensure_shipped_model
 
         llama_cpp = _import_llama_cpp()
+        ensure_cpu_backend(self.config.cpu_variant)
         if self.path is None:
             try:
                 self.path = ensure_shipped_model(self.model_name)

@@ -13,7 +13,8 @@ Three things make it much faster than calling a model one prompt at a time:
   sequence's attention never depends on what the other slots hold.
 
 Sampling is done here in numpy (greedy by default; temperature/top-p with a per-prompt seeded
-generator), so an answer does not depend on which slot or batch computed it.
+generator), so an answer does not depend on the order of the prompts or on which slot ran it; the
+kernels' rounding still depends on the batch shape, which can flip a sampled token near a boundary.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from intentrec.semantic.llm.base import (
     Prompt,
     check_prompts,
 )
+from intentrec.semantic.llm.cpu_variants import ensure_cpu_backend
 from intentrec.semantic.llm.models import SHIPPED, cached_sha256, ensure_shipped_model
 
 
@@ -61,6 +63,9 @@ class LlamaCppConfig(Config):
     #: the batched engine (measured on SmolLM2); without it, answers do not depend on batching.
     flash_attention: bool = False
     repack_weights: bool = True
+    #: Which llama.cpp CPU kernels to load when the install has run-time variants
+    #: (intentrec.semantic.llm.cpu_variants): None = $INTENTREC_LLAMA_CPU_VARIANT or "auto".
+    cpu_variant: str | None = None
     verbose: bool = False
 
 
@@ -156,6 +161,7 @@ class LlamaCppBackend(LLMBackend):
         self._identity = dict(identity)
         self.model_path = Path(model_path)
         logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if config.verbose else logging.ERROR)
+        self.cpu_backend = ensure_cpu_backend(config.cpu_variant)
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.use_extra_bufts = config.repack_weights
