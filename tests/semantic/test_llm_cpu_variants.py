@@ -156,3 +156,25 @@ def test_each_runnable_variant_loads_when_pinned_and_a_foreign_one_is_refused():
     missing = foreign[0]
     refused = _run(GENERATE.format(extra=f", cpu_variant={missing!r}"))
     assert refused.returncode != 0 and "does not report in /proc/cpuinfo" in refused.stderr
+
+
+def test_ggml_backend_path_is_honoured_under_auto():
+    require_smollm2()
+    variants = _installed_variants()
+    if "haswell" not in variants or cv.missing_flags("haswell", cv.read_cpu_flags()):
+        pytest.skip("needs the variants build with a runnable haswell variant")
+    code = GENERATE.format(extra="")
+    env_path = str(variants["haswell"])
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**{k: v for k, v in os.environ.items() if k != cv.ENV_VARIANT}, "GGML_BACKEND_PATH": env_path},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-2] == "haswell"
+    assert cv.backend_path_env({"GGML_BACKEND_PATH": "x"}) == {"GGML_BACKEND_PATH": "x"}
+    chosen = cv.choose_variant(sorted(variants), cv.read_cpu_flags())
+    assert cv.backend_path_env({})["GGML_BACKEND_PATH"] == str(variants[chosen])

@@ -15,7 +15,7 @@ not, so :func:`ensure_cpu_backend` does, once per process:
   clear error.
 
 The choice comes from ``LlamaCppConfig.cpu_variant`` (``--llm-set cpu_variant=icelake``), else from
-``$INTENTREC_LLAMA_CPU_VARIANT``, else ``auto``. With the default wheel (kernels built in) there is
+``$INTENTREC_LLAMA_CPU_VARIANT``, else ``auto`` (which loads ``$GGML_BACKEND_PATH`` when that is set). With the default wheel (kernels built in) there is
 nothing to choose: ``auto`` is a no-op and a pinned name is an error that says how to install the
 variants. A separate process (``python -m llama_cpp.server``) finds the variant through
 ``GGML_BACKEND_PATH`` (:func:`backend_path_env`); ``python -m intentrec.semantic.llm.cpu_variants``
@@ -180,10 +180,17 @@ def ensure_cpu_backend(configured: str | None = None) -> CpuBackend:
             if ggml.ggml_backend_reg_by_name(b"CPU"):
                 _LOADED = CpuBackend("loaded elsewhere", None)  # e.g. through GGML_BACKEND_PATH
             else:
-                tag = choose_variant(sorted(variants), read_cpu_flags(), requested)
-                if not ggml.ggml_backend_load(str(variants[tag]).encode()):
-                    raise IntentrecError(f"llama.cpp could not load its CPU variant {variants[tag]}")
-                _LOADED = CpuBackend(tag, variants[tag])
+                forced = os.environ.get("GGML_BACKEND_PATH") if requested == "auto" else None
+                if forced:  # ggml's own variable names the library: honour it
+                    path = Path(forced)
+                    m = _LIB_NAME.match(path.name)
+                    tag = m["tag"] if m else path.name
+                else:
+                    tag = choose_variant(sorted(variants), read_cpu_flags(), requested)
+                    path = variants[tag]
+                if not ggml.ggml_backend_load(str(path).encode()):
+                    raise IntentrecError(f"llama.cpp could not load its CPU variant {path}")
+                _LOADED = CpuBackend(tag, path)
     if requested != "auto" and _LOADED.variant != requested:
         if _LOADED.variant == "built in":
             raise IntentrecError(
