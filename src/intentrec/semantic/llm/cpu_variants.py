@@ -28,6 +28,7 @@ import ctypes
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,7 @@ class CpuBackend:
 
 
 _LOADED: CpuBackend | None = None
+_LOCK = threading.Lock()
 
 
 def _ggml() -> ctypes.CDLL:
@@ -158,11 +160,39 @@ def _ggml() -> ctypes.CDLL:
     ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
     ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
     ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+    ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
     return ggml
 
 
 def requested_variant(configured: str | None = None) -> str:
     return configured or os.environ.get(ENV_VARIANT) or "auto"
+
+
+def _load(llama_cpp, requested: str) -> CpuBackend:
+    variants = variant_libraries(library_folders(llama_cpp))
+    if not variants:
+        return CpuBackend("built in", None)
+    ggml = _ggml()
+    if ggml.ggml_backend_reg_by_name(b"CPU"):
+        return CpuBackend("loaded elsewhere", None)  # someone initialised llama.cpp's backends first
+    forced = os.environ.get("GGML_BACKEND_PATH") if requested == "auto" else None
+    if forced:  # ggml's own variable names the library: honour it
+        path = Path(forced)
+        m = _LIB_NAME.match(path.name)
+        tag = m["tag"] if m else path.name
+    elif requested == "auto" and not any(v in X86_VARIANTS for v in variants):
+        # not an x86 build (ARM, ...): ggml's own choice, which this module has no table for
+        folder = next(iter(variants.values())).parent
+        ggml.ggml_backend_load_all_from_path(str(folder).encode())
+        if not ggml.ggml_backend_reg_by_name(b"CPU"):
+            raise IntentrecError(f"llama.cpp loaded no CPU variant from {folder}")
+        return CpuBackend("ggml's choice", folder)
+    else:
+        tag = choose_variant(sorted(variants), read_cpu_flags(), requested)
+        path = variants[tag]
+    if not ggml.ggml_backend_load(str(path).encode()):
+        raise IntentrecError(f"llama.cpp could not load its CPU variant {path}")
+    return CpuBackend(tag, path)
 
 
 def ensure_cpu_backend(configured: str | None = None) -> CpuBackend:
@@ -171,26 +201,9 @@ def ensure_cpu_backend(configured: str | None = None) -> CpuBackend:
     import llama_cpp
 
     requested = requested_variant(configured)
-    if _LOADED is None:
-        variants = variant_libraries(library_folders(llama_cpp))
-        if not variants:
-            _LOADED = CpuBackend("built in", None)
-        else:
-            ggml = _ggml()
-            if ggml.ggml_backend_reg_by_name(b"CPU"):
-                _LOADED = CpuBackend("loaded elsewhere", None)  # e.g. through GGML_BACKEND_PATH
-            else:
-                forced = os.environ.get("GGML_BACKEND_PATH") if requested == "auto" else None
-                if forced:  # ggml's own variable names the library: honour it
-                    path = Path(forced)
-                    m = _LIB_NAME.match(path.name)
-                    tag = m["tag"] if m else path.name
-                else:
-                    tag = choose_variant(sorted(variants), read_cpu_flags(), requested)
-                    path = variants[tag]
-                if not ggml.ggml_backend_load(str(path).encode()):
-                    raise IntentrecError(f"llama.cpp could not load its CPU variant {path}")
-                _LOADED = CpuBackend(tag, path)
+    with _LOCK:
+        if _LOADED is None:
+            _LOADED = _load(llama_cpp, requested)
     if requested != "auto" and _LOADED.variant != requested:
         if _LOADED.variant == "built in":
             raise IntentrecError(
@@ -220,7 +233,7 @@ def backend_path_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     """Prints the installed variants, which this CPU runs, the one ``auto`` takes and its path."""
     import llama_cpp
 
