@@ -29,6 +29,9 @@ NO_GRADIENT_ALLOWED: dict[str, dict[str, str]] = {
         for relation in ("intra_1", "intra_2", "intra_3", "inter")
         for vector in ("attn_l", "attn_r")
     },
+    # normalise(γ_t h_t) = normalise(h_t): γ only selects, so the importance layer's gradient is zero up
+    # to rounding (the bias shifts every logit alike and is exactly zero on some CPUs); see miasrec.py.
+    "miasrec": {name: "γ only selects; its gradient is rounding" for name in ("importance.weight", "importance.bias")},
 }
 
 # Distinct sessions of lengths 1..8 (including three of length 1 with different items), so that a

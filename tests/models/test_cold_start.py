@@ -213,7 +213,11 @@ def test_save_load_round_trip(tiny, tmp_path):
         path = cold.save(tmp_path / f"{kind}.safetensors")
         loaded = ColdStartMap.load(path)
         texts = ["Matte Liquid Lipstick", "Volumizing Mascara"]
-        assert torch.equal(loaded.rows(texts), cold.rows(texts))
+        # the stored state is bit-identical; rows computed from two copies may differ in the last bit
+        # (the matmul kernel can depend on the memory alignment of its operands)
+        assert loaded.tensors.keys() == cold.tensors.keys()
+        assert all(torch.equal(loaded.tensors[k], cold.tensors[k]) for k in cold.tensors)
+        torch.testing.assert_close(loaded.rows(texts), cold.rows(texts), atol=1e-6, rtol=1e-6)
         info = json.loads(path.with_suffix(".json").read_text())
         assert info["kind"] == kind and info["encoder"] == ENCODER and info["fitted_on"] == "runs/x"
         assert info["template"] == "title/1" and loaded.identity["encoder_key"] == cold.identity["encoder_key"]
@@ -292,7 +296,8 @@ def test_standardized_ridge_is_exact_on_a_linear_case_and_rescale_sets_the_norm(
     torch.testing.assert_close(rows.norm(dim=1), trained.norm(dim=1).mean().expand(len(columns)))
     torch.testing.assert_close(F.normalize(rows, dim=1), F.normalize(expected, dim=1), atol=1e-4, rtol=1e-4)
     loaded = ColdStartMap.load(scaled.save(tmp_path / "scaled.safetensors"))
-    assert torch.equal(loaded.rows_from_vectors(text[columns]), rows)
+    assert all(torch.equal(loaded.tensors[k], scaled.tensors[k]) for k in scaled.tensors)
+    torch.testing.assert_close(loaded.rows_from_vectors(text[columns]), rows, atol=1e-6, rtol=1e-6)
 
 
 def test_cold_scores_are_calibrated_onto_the_warm_scores_per_session():
