@@ -82,19 +82,20 @@ def test_reads_kernel_flags_and_finds_variant_files(tmp_path):
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(code: str, env_variant: str | None = None) -> subprocess.CompletedProcess:
+def _run(code: str, env_variant: str | None = None, **extra_env: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop(cv.ENV_VARIANT, None)
     if env_variant:
         env[cv.ENV_VARIANT] = env_variant
+    env.update(extra_env)
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=300, cwd=REPO
     )
 
 
 def _installed_variants() -> dict:
-    llama_cpp = pytest.importorskip("llama_cpp")
-    return cv.variant_libraries(cv.library_folders(llama_cpp))
+    pytest.importorskip("llama_cpp")
+    return cv.installed_variants()
 
 
 GENERATE = """
@@ -163,16 +164,7 @@ def test_ggml_backend_path_is_honoured_under_auto():
     variants = _installed_variants()
     if "haswell" not in variants or cv.missing_flags("haswell", cv.read_cpu_flags()):
         pytest.skip("needs the variants build with a runnable haswell variant")
-    code = GENERATE.format(extra="")
-    env_path = str(variants["haswell"])
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**{k: v for k, v in os.environ.items() if k != cv.ENV_VARIANT}, "GGML_BACKEND_PATH": env_path},
-    )
+    done = _run(GENERATE.format(extra=""), GGML_BACKEND_PATH=str(variants["haswell"]))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-2] == "haswell"
     assert cv.backend_path_env({"GGML_BACKEND_PATH": "x"}) == {"GGML_BACKEND_PATH": "x"}

@@ -139,6 +139,13 @@ def library_folders(llama_cpp_module) -> list[Path]:
     return [package / "lib", package.parent / "bin"]
 
 
+def installed_variants() -> dict[str, Path]:
+    """``{tag: path}`` of the installed llama-cpp-python's CPU variants (empty: kernels built in)."""
+    import llama_cpp
+
+    return variant_libraries(library_folders(llama_cpp))
+
+
 @dataclass(frozen=True)
 class CpuBackend:
     variant: str  # "built in", or the loaded variant's tag
@@ -168,8 +175,8 @@ def requested_variant(configured: str | None = None) -> str:
     return configured or os.environ.get(ENV_VARIANT) or "auto"
 
 
-def _load(llama_cpp, requested: str) -> CpuBackend:
-    variants = variant_libraries(library_folders(llama_cpp))
+def _load(requested: str) -> CpuBackend:
+    variants = installed_variants()
     if not variants:
         return CpuBackend("built in", None)
     ggml = _ggml()
@@ -198,12 +205,10 @@ def _load(llama_cpp, requested: str) -> CpuBackend:
 def ensure_cpu_backend(configured: str | None = None) -> CpuBackend:
     """Makes sure llama.cpp has CPU kernels in this process (loading a variant once); what is in use."""
     global _LOADED
-    import llama_cpp
-
     requested = requested_variant(configured)
     with _LOCK:
         if _LOADED is None:
-            _LOADED = _load(llama_cpp, requested)
+            _LOADED = _load(requested)
     if requested != "auto" and _LOADED.variant != requested:
         if _LOADED.variant == "built in":
             raise IntentrecError(
@@ -223,10 +228,9 @@ def backend_path_env(env: dict[str, str] | None = None) -> dict[str, str]:
     it was when the install has no variants or the variable is already set."""
     env = dict(os.environ if env is None else env)
     try:
-        import llama_cpp
+        variants = installed_variants()
     except ImportError:
         return env
-    variants = variant_libraries(library_folders(llama_cpp))
     if variants and "GGML_BACKEND_PATH" not in env:
         tag = choose_variant(sorted(variants), read_cpu_flags(), env.get(ENV_VARIANT) or "auto")
         env["GGML_BACKEND_PATH"] = str(variants[tag])
@@ -237,12 +241,12 @@ def main() -> int:
     """Prints the installed variants, which this CPU runs, the one ``auto`` takes and its path."""
     import llama_cpp
 
-    variants = variant_libraries(library_folders(llama_cpp))
+    variants = installed_variants()
     flags = read_cpu_flags()
     if not variants:
         print(f"llama-cpp-python {llama_cpp.__version__}: CPU kernels built in (no variants); {INSTALL_HINT}")
         return 0
-    print(f"llama-cpp-python {llama_cpp.__version__}: CPU variants in {variants[next(iter(variants))].parent}")
+    print(f"llama-cpp-python {llama_cpp.__version__}: CPU variants in {next(iter(variants.values())).parent}")
     for tag in sorted(variants, key=lambda t: score(t) if t in X86_VARIANTS else -1):
         lacking = missing_flags(tag, flags) if tag in X86_VARIANTS else ["(unknown variant)"]
         state = "runs here" if not lacking else "needs " + ", ".join(lacking)
