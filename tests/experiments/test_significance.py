@@ -121,3 +121,63 @@ def test_report_shows_p_values_only_when_records_keep_ranks():
 
 def test_format_p():
     assert format_p(0.0004) == "<0.001" and format_p(0.0123) == "0.012" and not math.isnan(float(format_p(1.0)))
+
+
+def test_comparisons_test_two_rows_of_one_backbone_against_each_other():
+    spec = _spec(
+        grids=[
+            {"backbones": ["srgnn"], "methods": ["none"]},
+            {"backbones": ["srgnn"], "methods": ["llm4sbr"], "variants": {"default": {}, "shuffled": {}}},
+        ],
+        seeds=[0, 1],
+        comparisons=[
+            {"a": {"method": "llm4sbr"}, "b": {"method": "llm4sbr", "variant": "shuffled"}},
+            {"a": {"method": "llm4sbr"}, "b": {}, "label": "titles vs alone", "backbones": ["srgnn"]},
+        ],
+    )
+    from intentrec.experiments.plan import expand
+
+    rng = np.random.default_rng(2)
+    ids = np.arange(300)
+    records = {}
+    for seed in (0, 1):
+        for method, variant, high in ((None, "default", 80), ("llm4sbr", "default", 25), ("llm4sbr", "shuffled", 40)):
+            name = "srgnn" if method is None else "srgnn+llm4sbr"
+            run_id = f"d/{name}/{variant}/s{seed}"
+            records[run_id] = _record(run_id, seed, ids, rng.integers(1, high, 300), method=method, variant=variant)
+    report = Report(spec, "tiny.yaml", expand(spec), records)
+    md = render_markdown(report)
+    assert "## Paired comparisons" in md
+    titles = [records[f"d/srgnn+llm4sbr/default/s{s}"] for s in (0, 1)]
+    shuffled = [records[f"d/srgnn+llm4sbr/shuffled/s{s}"] for s in (0, 1)]
+    expected = paired_test(titles, shuffled, 20)
+    assert expected.pairs == 600
+    delta_hr = 100 * (np.mean([r["test"]["HR@20"] for r in titles]) - np.mean([r["test"]["HR@20"] for r in shuffled]))
+    line = next(x for x in md.splitlines() if "llm4sbr/default − llm4sbr/shuffled" in x)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[0] == "srgnn" and cells[2] == "2 / 2"
+    assert cells[5].split(" / ")[0] == f"{delta_hr:+.2f}"
+    assert cells[6] == f"{format_p(expected.p_hr)} / {format_p(expected.p_mrr)}" and cells[7] == "600"
+    assert any(x.startswith("| srgnn | titles vs alone |") for x in md.splitlines())
+
+    no_pairs = _spec(grids=spec.model_dump()["grids"], seeds=[0, 1])
+    assert "Paired comparisons" not in render_markdown(Report(no_pairs, "tiny.yaml", expand(no_pairs), records))
+
+
+@pytest.mark.parametrize(
+    ("comparison", "message"),
+    [
+        (
+            {"a": {"method": "llm4sbr", "variant": "nope"}, "b": {}},
+            r"comparisons\[0\]\.a: no grid block has method 'llm4sbr' with variant 'nope'",
+        ),
+        ({"a": {"method": "llm4sbr"}, "b": {"method": "llm4sbr"}}, "a and b are the same row"),
+        ({"a": {"method": "llm4sbr"}, "b": {}, "backbones": ["gru4rec"]}, "names 'gru4rec'"),
+        ({"a": {"method": "llm4sbr", "varaint": "x"}, "b": {}}, "unknown key 'comparisons.0.a.varaint'"),
+    ],
+)
+def test_comparisons_naming_rows_the_grid_lacks_are_one_clear_error(comparison, message):
+    from intentrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _spec(comparisons=[comparison])

@@ -20,7 +20,7 @@ from intentrec.evaluation.report import metric_columns
 from intentrec.experiments.plan import RunSpec
 from intentrec.experiments.records import COLD_START_KEY
 from intentrec.experiments.significance import RANKS_KEY, PairedTest, format_p, paired_test
-from intentrec.experiments.spec import ExperimentSpec, normalize_settings
+from intentrec.experiments.spec import NO_METHOD, ExperimentSpec, normalize_settings
 from intentrec.io import atomic_open, atomic_path
 
 PAPER_MODE_LABEL = "PAPER MODE"
@@ -129,6 +129,7 @@ def render_markdown(report: Report) -> str:
     else:
         lines += _table(rows, metrics, top, multi_dataset)
         lines += ["", *_table_notes(rows, top)]
+        lines += _comparisons_section(spec, rows, top, multi_dataset)
         lines += _cold_start_section(rows, multi_dataset)
     if spec.anchors:
         lines += ["", "## Published anchors (test-selected)", ""]
@@ -321,6 +322,62 @@ def _table_notes(rows: list[Row], top: tuple[str, str] | None) -> list[str]:
             "only with each other and with the published anchors.",
         ]
     return notes
+
+
+def comparison_rows(spec: ExperimentSpec, rows: list[Row]) -> list[tuple[Any, Row, Row]]:
+    """(comparison, row a, row b) for every comparison of the file and every dataset and backbone that
+    has both rows, validation-selected only (paper mode picks each metric's best epoch on test)."""
+
+    def key(row: Row) -> tuple[str, str]:
+        return (row.method or NO_METHOD, row.variant)
+
+    by_place: dict[tuple[str, str], dict[tuple[str, str], Row]] = {}
+    for row in rows:
+        if not row.paper_mode:
+            by_place.setdefault((row.dataset, row.backbone), {})[key(row)] = row
+    out = []
+    for comparison in spec.comparisons:
+        for (_, backbone), present in by_place.items():
+            if comparison.backbones is not None and backbone not in comparison.backbones:
+                continue
+            a = present.get((comparison.a.method, comparison.a.variant))
+            b = present.get((comparison.b.method, comparison.b.variant))
+            if a is not None and b is not None:
+                out.append((comparison, a, b))
+    return out
+
+
+def _comparisons_section(spec: ExperimentSpec, rows: list[Row], top: tuple[str, str] | None, multi: bool) -> list[str]:
+    found = comparison_rows(spec, rows) if top else []
+    if not found or top is None:
+        return []
+    k = int(top[0].split("@")[1])
+    pair = f"{top[0]} / {top[1]}"
+    header = (["dataset"] if multi else []) + [
+        "backbone", "comparison (a − b)", "n a / b", f"a {pair}", f"b {pair}", f"Δ {pair}", f"p {pair}", "pairs",
+    ]  # fmt: skip
+    lines = ["", "## Paired comparisons", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for comparison, a, b in found:
+        test = paired_test(a.records, b.records, k)
+        cells = ([a.dataset] if multi else []) + [
+            a.backbone,
+            comparison.title(),
+            f"{len(a.records)} / {len(b.records)}",
+            " / ".join(f"{a.mean_pct(m):.2f}" for m in top),
+            " / ".join(f"{b.mean_pct(m):.2f}" for m in top),
+            " / ".join(f"{a.mean_pct(m) - b.mean_pct(m):+.2f}" for m in top),
+            NONE_LABEL if test is None else f"{format_p(test.p_hr)} / {format_p(test.p_mrr)}",
+            NONE_LABEL if test is None else str(test.pairs),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Rows named in the file's `comparisons`, on each backbone that has both: means over each row's",
+        "seeds in percent, Δ = a − b in percentage points; p: the same two-sided paired tests as above",
+        f"(McNemar for {top[0]}, Wilcoxon signed-rank on reciprocal ranks for {top[1]}) between a and b,",
+        "seeds pooled, over `pairs` (seed, test example) pairs; — where a side has no per-example ranks.",
+    ]
+    return lines
 
 
 #: the rankers of a cold-start evaluation (intentrec.training.cold_start), in table order

@@ -204,6 +204,36 @@ class ColdStartEvalSpec(Config):
         return self
 
 
+class RowRef(Config):
+    """One row of the report on a given dataset and backbone: a method (``none``: the backbone alone)
+    and a variant."""
+
+    method: str = NO_METHOD
+    variant: str = DEFAULT_VARIANT
+
+    def label(self) -> str:
+        return f"{'alone' if self.method == NO_METHOD else self.method}/{self.variant}"
+
+
+class ComparisonSpec(Config):
+    """Two rows compared on every dataset and backbone that has both: Δ = a − b with the paired tests of
+    the main table (``intentrec.experiments.significance``), e.g. a source against its shuffled control."""
+
+    a: RowRef
+    b: RowRef
+    label: str | None = Field(None, description="default: 'a − b' from the two rows")
+    backbones: list[str] | None = Field(None, description="default: every backbone with both rows")
+
+    @model_validator(mode="after")
+    def _two_rows(self) -> ComparisonSpec:
+        if self.a == self.b:
+            raise ValueError(f"a and b are the same row ({self.a.label()})")
+        return self
+
+    def title(self) -> str:
+        return self.label or f"{self.a.label()} − {self.b.label()}"
+
+
 class ExperimentSpec(Config):
     name: str
     description: str = ""
@@ -216,6 +246,9 @@ class ExperimentSpec(Config):
     grids: list[GridSpec] = Field(min_length=1)
     anchors: list[AnchorSpec] = Field(default_factory=list)
     cold_start_eval: ColdStartEvalSpec = Field(default_factory=ColdStartEvalSpec)
+    comparisons: list[ComparisonSpec] = Field(
+        default_factory=list, description="pairs of rows to test against each other, beyond Δ to the backbone"
+    )
 
     @field_validator("name")
     @classmethod
@@ -238,6 +271,24 @@ class ExperimentSpec(Config):
                         f"grids[{i}].datasets names '{name}', which is not under 'datasets' "
                         f"(known: {', '.join(self.datasets)})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _known_comparison_rows(self) -> ExperimentSpec:
+        planned = {(method, variant) for grid in self.grids for method in grid.methods for variant in grid.variants}
+        backbones = {b for grid in self.grids for b in grid.backbones}
+        for i, comparison in enumerate(self.comparisons):
+            for side in ("a", "b"):
+                ref: RowRef = getattr(comparison, side)
+                if (ref.method, ref.variant) not in planned:
+                    known = ", ".join(sorted(f"{m}/{v}" for m, v in planned))
+                    raise ValueError(
+                        f"comparisons[{i}].{side}: no grid block has method '{ref.method}' with variant "
+                        f"'{ref.variant}' (the grid has: {known})"
+                    )
+            for name in comparison.backbones or []:
+                if name not in backbones:
+                    raise ValueError(f"comparisons[{i}].backbones names '{name}', which no grid block has")
         return self
 
     def dataset_dir(self, name: str) -> Path:
