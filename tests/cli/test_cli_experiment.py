@@ -356,3 +356,45 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "unknown key 'seedz'" in proc.stderr and "Traceback" not in proc.stderr
     help_text = _invoke("experiment", "--help").output
     assert "--dry-run" in help_text and "--max-runs" in help_text and "Examples" in help_text
+
+
+def test_reproduce_retrains_records_without_ranks_and_adds_them_only_when_the_metrics_agree(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_tiny_dataset(tmp_path / "data")
+    _write_experiment(tmp_path)
+    ids = [f"tiny/{TEST_BACKBONE}/default/s0", "tiny/gru4rec/default/s0"]
+    only = [a for i in ids for a in ("--only", i)]
+    _invoke("experiment", "tiny.yaml", *only, "--threads", "1", "--no-progress")
+    first = _records(tmp_path / "out/records")
+
+    # records as an earlier session left them: no ranks, no run folders; one with other numbers
+    import shutil
+
+    for run_id in ids:
+        shutil.rmtree(tmp_path / "out/runs" / run_id)
+        legacy = {k: v for k, v in first[run_id].items() if k != RANKS_KEY}
+        if run_id == ids[1]:
+            legacy["test"] = {**legacy["test"], "HR@20": legacy["test"]["HR@20"] + 0.05}
+        (tmp_path / "out/records" / f"{run_id}.json").write_text(json.dumps(legacy))
+    assert "2 done, 0 to run, 0 stale" in _invoke("experiment", "tiny.yaml", "--dry-run", *only).output
+
+    out = _invoke("experiment", "tiny.yaml", "--reproduce", *only, "--threads", "1", "--no-progress").output
+    assert "2 finished run(s) without test ranks to retrain, 2 now" in out
+    assert f"{ids[0]}: reproduced" in out and f"{ids[1]}: warning: did NOT reproduce" in out
+    after = _records(tmp_path / "out/records")
+    assert after[ids[0]][RANKS_KEY] == first[ids[0]][RANKS_KEY]
+    assert after[ids[0]]["reproduction"]["agrees"] and after[ids[0]]["test"] == first[ids[0]]["test"]
+    assert after[ids[0]]["reproduction"]["command"].endswith("--reproduce")
+    assert RANKS_KEY not in after[ids[1]] and not after[ids[1]]["reproduction"]["agrees"]
+    assert after[ids[1]]["reproduction"]["max_abs_difference"] == pytest.approx(0.05, abs=1e-9)
+    assert after[ids[1]]["test"]["HR@20"] == pytest.approx(first[ids[1]]["test"]["HR@20"] + 0.05)
+    md = (tmp_path / "out/results/tiny.md").read_text()
+    assert "1 of 2 run(s) gave the record's test metrics again" in md
+    assert f"- `{ids[1]}`: largest test metric difference 5.00 points" in md
+
+    # each record is tried once; nothing new is trained by --reproduce
+    monkeypatch.setattr(training, "train", _boom)
+    out = _invoke("experiment", "tiny.yaml", "--reproduce", "--threads", "1").output
+    assert "0 finished run(s) without test ranks to retrain" in out
+    refused = _invoke("experiment", "tiny.yaml", "--reproduce", "--dry-run", expect=1)
+    assert "--dry-run, --report-only and --reproduce exclude each other" in str(refused.exception)

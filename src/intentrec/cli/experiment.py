@@ -30,6 +30,9 @@ training (their run folders are locked) or has finished.
   intentrec experiment experiments/llm4sbr-beauty.yaml --threads 1   [dim](two lanes, one per core)[/dim]
 
   intentrec experiment experiments/llm4sbr-beauty.yaml --report-only
+
+  intentrec experiment experiments/llm4sbr-beauty.yaml --reproduce --only 'beauty/srgnn*' --threads 1
+  [dim](retrain finished runs whose records have no test ranks; ranks are added if the metrics agree)[/dim]
 """
 
 
@@ -46,12 +49,19 @@ def experiment_command(
         None, "--max-runs", min=1, help="Stop after training this many new runs (chunk a long grid)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar per epoch on a terminal."),
+    reproduce: bool = typer.Option(
+        False,
+        "--reproduce",
+        help="Retrain finished runs whose records lack per-example test ranks and whose run folder is gone; "
+        "if the test metrics agree with the record, add the ranks (for the paired tests), else note the "
+        "difference in the record. Trains no new run.",
+    ),
 ) -> None:
-    from intentrec.experiments import Experiment, RunOptions, describe, run_experiment
+    from intentrec.experiments import Experiment, RunOptions, describe, reproduce_runs, run_experiment
     from intentrec.experiments import report_only as rebuild
 
-    if dry_run and report_only:
-        raise ConfigError("--dry-run and --report-only exclude each other")
+    if sum((dry_run, report_only, reproduce)) > 1:
+        raise ConfigError("--dry-run, --report-only and --reproduce exclude each other")
     experiment = Experiment.load(file)
     options = RunOptions(
         only=only or None,
@@ -59,6 +69,7 @@ def experiment_command(
         device=device,
         max_runs=max_runs,
         progress=None if progress else False,
+        reproduce=reproduce,
     )
     if dry_run:
         describe(experiment, options, echo=_echo)
@@ -66,6 +77,13 @@ def experiment_command(
     if report_only:
         report, written = rebuild(experiment)
         _echo(f"{len(report.records)} of {len(report.runs)} runs have records")
+    elif reproduce:
+        outcome = reproduce_runs(experiment, options, echo=_echo)
+        written = outcome.written
+        _echo(
+            f"retrained {len(outcome.trained)} run(s); {outcome.remaining} selected finished run(s) still "
+            "without test ranks or a reproduction"
+        )
     else:
         outcome = run_experiment(experiment, options, echo=_echo)
         written = outcome.written

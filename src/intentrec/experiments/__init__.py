@@ -8,7 +8,14 @@
 """
 
 from intentrec.experiments.plan import RunSpec, expand, make_run_id
-from intentrec.experiments.runner import Experiment, RunOptions, describe, report_only, run_experiment
+from intentrec.experiments.runner import (
+    Experiment,
+    RunOptions,
+    describe,
+    report_only,
+    reproduce_runs,
+    run_experiment,
+)
 from intentrec.experiments.spec import ExperimentSpec, load_spec
 
 __all__ = [
@@ -21,5 +28,6 @@ __all__ = [
     "load_spec",
     "make_run_id",
     "report_only",
+    "reproduce_runs",
     "run_experiment",
 ]

@@ -170,6 +170,7 @@ def render_markdown(report: Report) -> str:
         lines += [f"- `{c}`" for c in reused]
     if machines:
         lines += ["", "Machine: " + "; ".join(machines) + "."]
+    lines += _reproduction_lines(report)
     if report.missing:
         lines += ["", f"## Missing runs ({len(report.missing)} of {total})", ""]
         for run_id in report.missing:
@@ -183,6 +184,27 @@ def render_markdown(report: Report) -> str:
             "experiments may share the folder) and are not shown.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _reproduction_lines(report: Report) -> list[str]:
+    """What ``--reproduce`` found: finished runs retrained from their records' settings."""
+    done = {run_id: r["reproduction"] for run_id, r in report.records.items() if r.get("reproduction")}
+    if not done:
+        return []
+    differ = {run_id: rep for run_id, rep in done.items() if not rep.get("agrees")}
+    lines = [
+        "",
+        f"Reproduced (`--reproduce`: retrained from the record's settings): "
+        f"{len(done) - len(differ)} of {len(done)} run(s) gave the record's test metrics again, and their",
+        "records gained the per-example ranks used by the paired tests.",
+    ]
+    if differ:
+        lines += [f"Did not reproduce ({len(differ)}; the records keep their first numbers, without ranks):", ""]
+        lines += [
+            f"- `{run_id}`: largest test metric difference {100 * rep['max_abs_difference']:.2f} points"
+            for run_id, rep in sorted(differ.items())
+        ]
+    return lines
 
 
 #: the cut-off the papers headline (HR@20 / MRR@20); the Δ column and the bar plot use it when present

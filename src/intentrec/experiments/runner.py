@@ -32,6 +32,7 @@ from intentrec.experiments.records import (
     build_record,
     build_rerank_record,
     cold_start_entry,
+    machine,
     save_record,
     test_ranks_entry,
 )
@@ -51,6 +52,7 @@ class RunOptions:
     device: str | None = None  # train.device for every run
     max_runs: int | None = None  # stop after this many newly trained runs
     progress: bool | None = None  # per-batch progress bar; None: only on a terminal
+    reproduce: bool = False  # retrain finished runs that lack test ranks and a run folder (see reproduce_runs)
 
     def command(self, spec_file: str) -> str:
         """The command line that reproduces this invocation (recorded in every record)."""
@@ -63,6 +65,8 @@ class RunOptions:
             args += ["--device", self.device]
         if self.max_runs is not None:
             args += ["--max-runs", str(self.max_runs)]
+        if self.reproduce:
+            args.append("--reproduce")
         return shlex.join(args)
 
 
@@ -273,6 +277,90 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
         written = write_report(experiment.report())
     remaining = sum(s.status != "done" for s in experiment.states(selected))
     return Outcome(trained, remaining, written, busy)
+
+
+def reproduce_runs(experiment: Experiment, options: RunOptions, echo: Echo = print) -> Outcome:
+    """Retrain finished runs whose records lack per-example test ranks and whose run folder is gone
+    (records made before ranks were kept, on another machine), with the record's own settings.
+
+    If the retrained run's test metrics equal the record's (within two examples' worth), the ranks
+    are added to the record, so the paired tests can use it; otherwise the record is left as it was
+    apart from a ``reproduction`` entry saying by how much the metrics differ. Trains nothing new.
+    """
+    from intentrec.training.run import BEST
+
+    spec = experiment.spec
+    selected = select(experiment.runs, options.only)
+    if options.only and not selected:
+        raise IntentrecError(f"--only {' '.join(options.only)} matches none of the {len(experiment.runs)} run ids")
+    candidates = [
+        s
+        for s in experiment.states(selected)
+        if _lacks_ranks(s) and not (s.run.run_dir(spec.runs_dir) / BEST).is_file()
+    ]
+    limit = len(candidates) if options.max_runs is None else min(options.max_runs, len(candidates))
+    echo(f"experiment {spec.name}: {len(candidates)} finished run(s) without test ranks to retrain, {limit} now")
+    command = options.command(experiment.spec_file)
+    datasets = _Datasets(spec, echo)
+    trained: list[str] = []
+    busy: list[str] = []
+    for i, state in enumerate(candidates, start=1):
+        if len(trained) >= limit:
+            break
+        run, step = state.run, f"[{i}/{len(candidates)}] {state.run.run_id}"
+        try:
+            with exclusive_lock(run.run_dir(spec.runs_dir) / RUNNER_LOCK, what=f"run {run.run_id}"):
+                record = read_record(run.record_path(spec.records_dir))
+                if record is None or RANKS_KEY in record or "reproduction" in record:
+                    echo(f"{step}: reproduced meanwhile by another process")
+                    continue
+                echo(f"{step}: retraining to reproduce its record")
+                dataset_dir, _, identity = datasets.get(run.dataset)
+                experiment.set_identity(run.dataset, identity)
+                result = _train(run, spec, dataset_dir, options, command, echo)
+                # the same check as for a fresh record: ranks recomputed from the checkpoint must give
+                # the record's test metrics within two examples' worth
+                ks = list(record["config"]["trainer"]["ks"])
+                ranks, problem = test_ranks_entry(run.run_dir(spec.runs_dir), record["test"], ks)
+                diffs = {m: float(result.test[m] - v) for m, v in record["test"].items() if m in result.test}
+                worst = max((abs(d) for d in diffs.values()), default=0.0)
+                agrees = problem is None
+                record["reproduction"] = {
+                    "agrees": agrees,
+                    "max_abs_difference": worst,
+                    "differences": {m: d for m, d in diffs.items() if d != 0.0},
+                    "command": command,
+                    "machine": machine(options.threads),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+                if agrees:
+                    record[RANKS_KEY] = ranks
+                save_record(run.record_path(spec.records_dir), record)
+        except InUseError as exc:
+            echo(f"{step}: skipped, being trained by {exc.holder}")
+            busy.append(run.run_id)
+            continue
+        trained.append(run.run_id)
+        if agrees:
+            echo(f"{step}: reproduced (largest test metric difference {worst:.2e}); test ranks added")
+        else:
+            echo(f"{step}: warning: did NOT reproduce, largest test metric difference {worst:.4f}; no ranks added")
+    written = write_report(experiment.report())
+    remaining = sum(_lacks_ranks(s) for s in experiment.states(selected))
+    return Outcome(trained, remaining, written, busy)
+
+
+def _lacks_ranks(state: RunState) -> bool:
+    """A finished, validation-selected, trained run whose record has no test ranks and no reproduction."""
+    record = state.record
+    return bool(
+        state.status == "done"
+        and record
+        and not record.get("paper_mode")
+        and not state.run.rerank
+        and RANKS_KEY not in record
+        and "reproduction" not in record
+    )
 
 
 def _rerank(experiment: Experiment, run: RunSpec, command: str, echo: Echo, step: str) -> dict[str, Any] | None:
