@@ -226,7 +226,12 @@ def test_no_generate_without_answers_says_what_to_run(tmp_path, bert):
 def test_finetune_student_serves_the_same_way(trained, tmp_path):
     """kind=finetune: a Sentence-Transformers encoder (here a tiny one) fine-tuned to the targets."""
     pytest.importorskip("sentence_transformers")
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers >= 6 moved the modules; the old path warns there
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:
+        from sentence_transformers import models
 
     bert_dir = tmp_path / "bert"
     make_title_bert(bert_dir)

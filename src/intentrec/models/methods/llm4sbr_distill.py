@@ -513,9 +513,13 @@ def train_finetune(
     from tqdm import tqdm
 
     try:
-        from sentence_transformers import SentenceTransformer, losses
+        from sentence_transformers import SentenceTransformer
     except ImportError:
         raise IntentrecError("kind=finetune needs sentence-transformers: pip install 'intentrec[semantic]'") from None
+    try:  # sentence-transformers >= 6 moved the losses; the old path warns there
+        from sentence_transformers.sentence_transformer import losses
+    except ImportError:
+        from sentence_transformers import losses
     base = get_encoder(encoder_spec)
     folder = getattr(base, "folder", None)
     if folder is None or not (Path(folder) / "modules.json").is_file():
