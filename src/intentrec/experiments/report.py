@@ -20,7 +20,7 @@ from intentrec.evaluation.report import metric_columns
 from intentrec.experiments.plan import RunSpec
 from intentrec.experiments.records import COLD_START_KEY
 from intentrec.experiments.significance import RANKS_KEY, PairedTest, format_p, paired_test
-from intentrec.experiments.spec import NO_METHOD, ExperimentSpec, normalize_settings
+from intentrec.experiments.spec import NO_METHOD, ComparisonSpec, ExperimentSpec, normalize_settings
 from intentrec.io import atomic_open, atomic_path
 
 PAPER_MODE_LABEL = "PAPER MODE"
@@ -346,7 +346,7 @@ def _table_notes(rows: list[Row], top: tuple[str, str] | None) -> list[str]:
     return notes
 
 
-def comparison_rows(spec: ExperimentSpec, rows: list[Row]) -> list[tuple[Any, Row, Row]]:
+def comparison_rows(spec: ExperimentSpec, rows: list[Row]) -> list[tuple[ComparisonSpec, Row, Row]]:
     """(comparison, row a, row b) for every comparison of the file and every dataset and backbone that
     has both rows, validation-selected only (paper mode picks each metric's best epoch on test)."""
 
@@ -357,7 +357,7 @@ def comparison_rows(spec: ExperimentSpec, rows: list[Row]) -> list[tuple[Any, Ro
     for row in rows:
         if not row.paper_mode:
             by_place.setdefault((row.dataset, row.backbone), {})[key(row)] = row
-    out = []
+    out: list[tuple[ComparisonSpec, Row, Row]] = []
     for comparison in spec.comparisons:
         for (_, backbone), present in by_place.items():
             if comparison.backbones is not None and backbone not in comparison.backbones:

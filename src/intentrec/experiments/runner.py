@@ -281,7 +281,8 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
 
 def reproduce_runs(experiment: Experiment, options: RunOptions, echo: Echo = print) -> Outcome:
     """Retrain finished runs whose records lack per-example test ranks and whose run folder is gone
-    (records made before ranks were kept, on another machine), with the record's own settings.
+    (records made before ranks were kept, whose run folders were on another machine), with the
+    record's own settings.
 
     If the retrained run's test metrics equal the record's (within two examples' worth), the ranks
     are added to the record, so the paired tests can use it; otherwise the record is left as it was
