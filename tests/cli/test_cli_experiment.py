@@ -396,5 +396,7 @@ def test_reproduce_retrains_records_without_ranks_and_adds_them_only_when_the_me
     monkeypatch.setattr(training, "train", _boom)
     out = _invoke("experiment", "tiny.yaml", "--reproduce", "--threads", "1").output
     assert "0 finished run(s) without test ranks to retrain" in out
+    _invoke("experiment", "tiny.yaml", *only)  # the backfill leaves the retrained folder's ranks out
+    assert RANKS_KEY not in _records(tmp_path / "out/records")[ids[1]]
     refused = _invoke("experiment", "tiny.yaml", "--reproduce", "--dry-run", expect=1)
     assert "--dry-run, --report-only and --reproduce exclude each other" in str(refused.exception)

@@ -181,11 +181,16 @@ class Outcome:
     busy: list[str] = field(default_factory=list)  # skipped: another process was training them
 
 
-def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = print) -> Outcome:
-    spec = experiment.spec
+def _selected(experiment: Experiment, options: RunOptions) -> list[RunSpec]:
     selected = select(experiment.runs, options.only)
     if options.only and not selected:
         raise IntentrecError(f"--only {' '.join(options.only)} matches none of the {len(experiment.runs)} run ids")
+    return selected
+
+
+def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = print) -> Outcome:
+    spec = experiment.spec
+    selected = _selected(experiment, options)
     states = experiment.states(selected)
     stale = [s for s in states if s.status == "stale"]
     if stale:
@@ -291,9 +296,7 @@ def reproduce_runs(experiment: Experiment, options: RunOptions, echo: Echo = pri
     from intentrec.training.run import BEST
 
     spec = experiment.spec
-    selected = select(experiment.runs, options.only)
-    if options.only and not selected:
-        raise IntentrecError(f"--only {' '.join(options.only)} matches none of the {len(experiment.runs)} run ids")
+    selected = _selected(experiment, options)
     candidates = [
         s
         for s in experiment.states(selected)
@@ -311,10 +314,11 @@ def reproduce_runs(experiment: Experiment, options: RunOptions, echo: Echo = pri
         run, step = state.run, f"[{i}/{len(candidates)}] {state.run.run_id}"
         try:
             with exclusive_lock(run.run_dir(spec.runs_dir) / RUNNER_LOCK, what=f"run {run.run_id}"):
-                record = read_record(run.record_path(spec.records_dir))
-                if record is None or RANKS_KEY in record or "reproduction" in record:
+                fresh = experiment.state(run)
+                if not _lacks_ranks(fresh):
                     echo(f"{step}: reproduced meanwhile by another process")
                     continue
+                record = fresh.record
                 echo(f"{step}: retraining to reproduce its record")
                 dataset_dir, _, identity = datasets.get(run.dataset)
                 experiment.set_identity(run.dataset, identity)
@@ -405,7 +409,8 @@ def _backfill_test_ranks(experiment: Experiment, done: list[RunState], echo: Ech
     for state in done:
         record, run = state.record, state.run
         run_dir = run.run_dir(spec.runs_dir)
-        if record.get("paper_mode") or run.rerank or RANKS_KEY in record or not (run_dir / BEST).is_file():
+        # a record whose reproduction disagreed keeps no ranks: its run folder holds the retrained model
+        if not _lacks_ranks(state) or not (run_dir / BEST).is_file():
             continue
         try:
             with exclusive_lock(run_dir / RUNNER_LOCK, what=f"run {run.run_id}"):
