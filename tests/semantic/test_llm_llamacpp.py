@@ -82,3 +82,39 @@ def test_too_long_prompt_is_a_clear_error(smollm2):
     huge = chat_prompt(["word " * 2000])
     with pytest.raises(IntentrecError, match="does not fit"):
         smollm2.generate([huge], DecodingConfig())
+
+
+def test_shared_prefix_is_evaluated_once_and_copied_to_the_other_slots():
+    decoding = DecodingConfig(max_tokens=12)
+    runs = {}
+    for share in (True, False):
+        llm = get_llm("smollm2", n_parallel=4, share_prefix=share, n_ctx_per_seq=1024)
+        try:
+            texts = [g.text for g in llm.generate(PROMPTS, decoding)]
+            runs[share] = (texts, dict(llm.counters))
+        finally:
+            llm.close()
+    (on, c_on), (off, c_off) = runs[True], runs[False]
+    assert on == off
+    assert c_on["prompt_tokens"] == c_off["prompt_tokens"]
+    # 4 slots with work, one evaluates the common prefix and 3 receive a copy of it
+    assert c_on["kv_copies"] == 3 and c_off["kv_copies"] == 0
+    assert c_on["prompt_tokens_shared"] > 0 and c_off["prompt_tokens_shared"] == 0
+    saved = c_off["prompt_tokens_evaluated"] - c_on["prompt_tokens_evaluated"]
+    assert saved == c_on["prompt_tokens_shared"]
+
+
+def test_a_short_common_prefix_is_not_shared():
+    llm = get_llm("smollm2", n_parallel=4, share_prefix_min=10_000, n_ctx_per_seq=1024)
+    try:
+        llm.generate(PROMPTS, DecodingConfig(max_tokens=2))
+        assert llm.counters["kv_copies"] == 0
+        # one slot with work: nothing to share with
+        one = get_llm("smollm2", n_parallel=4, n_ctx_per_seq=1024)
+        try:
+            one.generate(PROMPTS[:1], DecodingConfig(max_tokens=2))
+            assert one.counters["kv_copies"] == 0
+        finally:
+            one.close()
+    finally:
+        llm.close()

@@ -9,8 +9,12 @@ Three things make it much faster than calling a model one prompt at a time:
   (the system message, the template, and for prefix-augmented sessions most of the item list). The
   sorted list is cut into one contiguous run per slot; each slot keeps its KV cache between prompts
   and only evaluates the tokens after the longest common prefix with what it already holds.
+* **Shared prefix.** The prefix every prompt of a call has in common (system message and the
+  template's fixed text) is evaluated once, on one slot, and its KV cache is copied to the other
+  slots with ``llama_memory_seq_cp`` instead of being evaluated again on each of them.
 * The per-sequence KV cache (``kv_unified=False``) puts each slot in its own cache stream, so a
-  sequence's attention never depends on what the other slots hold.
+  sequence's attention never depends on what the other slots hold. (Across streams llama.cpp only
+  copies a whole stream, which is why the shared prefix is copied before a slot's own tokens.)
 
 Sampling is done here in numpy (greedy by default; temperature/top-p with a per-prompt seeded
 generator), so an answer does not depend on the order of the prompts or on which slot ran it; the
@@ -58,6 +62,10 @@ class LlamaCppConfig(Config):
     n_threads: int | None = Field(None, ge=1)
     reuse_prefix: bool = True  # keep each slot's KV cache between prompts
     sort_prompts: bool = True  # order prompts so that neighbours share prefixes
+    #: Evaluate the prefix common to all prompts of a call once and copy its KV cache to the other
+    #: slots (needs reuse_prefix). Only done when that prefix has at least share_prefix_min tokens.
+    share_prefix: bool = True
+    share_prefix_min: int = Field(16, ge=1)
     #: Off by default: with it, llama.cpp's CPU kernels give slightly different logits depending on
     #: how many tokens share a batch, which flips some greedy answers between the naive loop and
     #: the batched engine (measured on SmolLM2); without it, answers do not depend on batching.
@@ -204,7 +212,14 @@ class LlamaCppBackend(LLMBackend):
         self._closed = False
         #: Work counters since load: prompt tokens actually evaluated (after prefix reuse), prompt
         #: tokens submitted, and llama_decode calls.
-        self.counters = {"prompt_tokens_evaluated": 0, "prompt_tokens": 0, "decode_calls": 0}
+        #: prompt_tokens_shared: prompt tokens a slot got by a KV copy instead of evaluating them.
+        self.counters = {
+            "prompt_tokens_evaluated": 0,
+            "prompt_tokens": 0,
+            "prompt_tokens_shared": 0,
+            "kv_copies": 0,
+            "decode_calls": 0,
+        }
 
     # -- identity and text ----------------------------------------------------------------------
     def identity(self) -> dict[str, str]:
@@ -292,11 +307,70 @@ class LlamaCppBackend(LLMBackend):
         for slot, run in zip(self._slots, split_runs(order, len(self._slots))):
             slot.queue = run
         try:
+            if self.config.reuse_prefix and self.config.share_prefix:
+                self._share_prefix(token_lists, order)
             self._run(token_lists, decoding, results, on_result)
         except BaseException:
             self.reset()  # half-fed sequences would corrupt the next call's prefix reuse
             raise
         return results  # type: ignore[return-value]
+
+    def _share_prefix(self, token_lists: list[list[int]], order: list[int]) -> None:
+        """Put the prefix common to every prompt into each slot that will run one, evaluating it once.
+
+        In sorted order the common prefix of all prompts is that of the first and the last. One slot
+        (the one already holding most of it) evaluates what it lacks; every other slot with work and
+        less than the prefix cached receives a copy of that slot's whole KV stream.
+        """
+        lib = self._lib
+        first, last = token_lists[order[0]], token_lists[order[-1]]
+        shortest = min(len(t) for t in token_lists)
+        n_shared = min(common_prefix_length(first, last), shortest - 1)
+        if n_shared < self.config.share_prefix_min:
+            return
+        prefix = first[:n_shared]
+        workers = [s for s in self._slots if s.queue]
+        needy = [s for s in workers if common_prefix_length(s.cached, prefix) < n_shared]
+        if len(workers) < 2 or not needy:
+            return
+        src = max(self._slots, key=lambda s: common_prefix_length(s.cached, prefix))
+        have = common_prefix_length(src.cached, prefix)
+        if len(needy) == 1 and needy[0] is src:
+            return  # only the source needs it: _start evaluates it there anyway
+        if have < n_shared:
+            lib.llama_memory_seq_rm(self._mem, src.seq_id, have, -1)
+            src.cached = src.cached[:have]
+            self._prefill(src, prefix[have:])
+        for dst in needy:
+            if dst is src:
+                continue
+            lib.llama_memory_seq_rm(self._mem, dst.seq_id, -1, -1)
+            # across cache streams llama.cpp copies the whole stream (positions must be -1, -1)
+            lib.llama_memory_seq_cp(self._mem, src.seq_id, dst.seq_id, -1, -1)
+            dst.cached = list(src.cached)
+            self.counters["kv_copies"] += 1
+            self.counters["prompt_tokens_shared"] += n_shared
+
+    def _prefill(self, slot: _Slot, tokens: list[int]) -> None:
+        """Evaluate ``tokens`` after what ``slot`` holds, without asking for logits."""
+        seq_ids = self._batch.seq_id
+        n_batch = self.config.n_batch
+        for at in range(0, len(tokens), n_batch):
+            chunk = tokens[at : at + n_batch]
+            take = len(chunk)
+            start = len(slot.cached)
+            self._b_token[:take] = chunk
+            self._b_pos[:take] = np.arange(start, start + take)
+            self._b_logits[:take] = 0
+            for j in range(take):
+                seq_ids[j][0] = slot.seq_id
+            self._batch.n_tokens = take
+            rc = self._lib.llama_decode(self._ctx, self._batch)
+            self.counters["decode_calls"] += 1
+            if rc != 0:
+                raise IntentrecError(f"llama_decode failed with status {rc}")
+            slot.cached.extend(chunk)
+            self.counters["prompt_tokens_evaluated"] += take
 
     def _start(self, slot: _Slot, index: int, tokens: list[int], decoding: DecodingConfig) -> None:
         lib = self._lib
