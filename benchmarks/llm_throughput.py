@@ -11,7 +11,8 @@ the test split (prefix-augmented sessions, so consecutive examples grow the same
 * engine: ``run_inference`` with a fresh answer store (de-duplication, prompts sorted for prefix
   reuse, ``n_parallel`` sequences per decode, answers committed per chunk);
 * ablations (``--ablations``): de-duplication only; de-duplication + sorted prefix reuse on one
-  sequence;
+  sequence; ``--share-ablation``: the engine again without the shared prefix (``share_prefix=False``);
+* ``--also-templates T1,T2``: the engine on the same examples' prompts under other templates;
 * the seeds' way (``--hf-n N``): Hugging Face ``generate``, one prompt at a time, the same GGUF file
   loaded into ``transformers`` (dequantised to float32), greedy, same max tokens and repetition
   penalty, on the first N distinct prompts; compared per prompt with the engine. ``--hf-batch B``
@@ -21,7 +22,8 @@ the test split (prefix-augmented sessions, so consecutive examples grow the same
 
 Model loading is outside every timing. It also times a few prompts on every installed shipped model
 and measures on ``--quality-n`` sampled prompts how often each model's answer is empty, garbage, or
-repeats a title of the session. Results go to ``docs/results/llm-throughput.md``.
+repeats a title of the session. The report goes to ``--out`` (default ``runs/llm-throughput.md``);
+``docs/results/llm-throughput.md`` collects the measured reports, each with its command.
 """
 
 from __future__ import annotations
@@ -69,8 +71,23 @@ def _args() -> argparse.Namespace:
         default=1,
         help="also time HF generate with this many prompts per call, left-padded (1: no batched row)",
     )
+    p.add_argument(
+        "--share-ablation",
+        action="store_true",
+        help="also run the engine with share_prefix=False (the common prefix evaluated on every slot)",
+    )
+    p.add_argument(
+        "--also-templates",
+        default="",
+        help="comma-separated templates whose prompts the engine also answers in this run (same examples)",
+    )
     p.add_argument("--quality-models", default="smollm2,qwen0.5b,qwen1.5b")
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "llm-throughput.md")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "runs" / "llm-throughput.md",
+        help="the report (overwritten); docs/results/llm-throughput.md collects such reports by hand",
+    )
     return p.parse_args()
 
 
@@ -225,33 +242,46 @@ def main() -> None:
         rows_out.append(("de-duplication + sorted prefix reuse, 1 sequence", n_unique, s))
         _log(f"dedup+reuse: {s:.1f} s")
 
-    engine_llm = get_llm(args.model, n_parallel=args.n_parallel, **threads)
-    with tempfile.TemporaryDirectory() as tmp, AnswerStore(Path(tmp) / "answers.sqlite") as store:
-        started = time.perf_counter()
-        report = run_inference(
-            args.dataset,
-            template=args.template,
-            llm=engine_llm,
-            split="test",
-            limit=len(rows),
-            decoding=decoding,
-            store=store,
-            progress=False,
-        )
-        engine_s = time.perf_counter() - started
-        answers = store.answers_for_examples(
-            dataset_fingerprint(args.dataset), tmpl.name, report.model_sha256, plan.example_ids.tolist()
-        )
-    engine_llm.close()
-    rows_out.append(
-        (
-            f"intentrec engine: de-duplication + sorted prefix reuse + {args.n_parallel} parallel sequences",
-            len(prompts),
-            engine_s,
-        )
-    )
-    same = sum(answers[e].answer == g.text for e, g in zip(plan.example_ids.tolist(), naive_gens) if e in answers)
-    _log(f"engine: {engine_s:.1f} s; {same}/{len(prompts)} answers identical to naive")
+    def engine(share_prefix: bool, template: str | None = None) -> tuple[float, int, dict[str, int]]:
+        template = template or args.template
+        llm = get_llm(args.model, n_parallel=args.n_parallel, share_prefix=share_prefix, **threads)
+        with tempfile.TemporaryDirectory() as tmp, AnswerStore(Path(tmp) / "answers.sqlite") as store:
+            started = time.perf_counter()
+            report = run_inference(
+                args.dataset,
+                template=template,
+                llm=llm,
+                split="test",
+                limit=len(rows),
+                decoding=decoding,
+                store=store,
+                progress=False,
+            )
+            seconds = time.perf_counter() - started
+            answers = store.answers_for_examples(
+                dataset_fingerprint(args.dataset), template, report.model_sha256, plan.example_ids.tolist()
+            )
+        counters = dict(llm.counters)
+        llm.close()
+        n_same = sum(answers[e].answer == g.text for e, g in zip(plan.example_ids.tolist(), naive_gens) if e in answers)
+        return seconds, n_same, counters
+
+    engine_label = f"intentrec engine: de-duplication + sorted prefix reuse + {args.n_parallel} parallel sequences"
+    token_rows = []
+    if args.share_ablation:
+        s, n_same, counters = engine(share_prefix=False)
+        rows_out.append((engine_label + ", shared prefix off", len(prompts), s))
+        token_rows.append(("engine, shared prefix off", s, n_same, counters))
+        _log(f"engine without shared prefix: {s:.1f} s; {n_same}/{len(prompts)} answers identical to naive")
+    engine_s, same, counters = engine(share_prefix=True)
+    rows_out.append((engine_label + (", shared prefix on" if args.share_ablation else ""), len(prompts), engine_s))
+    token_rows.append(("engine, shared prefix on", engine_s, same, counters))
+    for other in [t for t in args.also_templates.split(",") if t]:
+        s, _, c = engine(share_prefix=True, template=other)
+        rows_out.append((f"{engine_label}, template `{other}`", len(prompts), s))
+        token_rows.append((f"engine, template `{other}`", s, None, c))
+        _log(f"engine with {other}: {s:.1f} s; {c}")
+    _log(f"engine: {engine_s:.1f} s; {same}/{len(prompts)} answers identical to naive; {counters}")
 
     server_same = server_tokens = naive_tokens = None
     if args.llama_server:
@@ -348,6 +378,19 @@ def main() -> None:
     ]
     for label, n, s in rows_out:
         lines.append(f"| {label} | {n} | {s:.1f} | {len(prompts) / s:.2f} | {naive_s / s:.2f}× |")
+    lines += [
+        "",
+        "Prompt tokens of the engine rows: submitted (distinct prompts), evaluated (after prefix reuse), and "
+        "received by a KV copy of the shared prefix instead of being evaluated.",
+        "",
+        "| engine run | seconds | answers = naive | submitted | evaluated | shared by copy | KV copies |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, s, n_same, c in token_rows:
+        lines.append(
+            f"| {label} | {s:.1f} | {'–' if n_same is None else f'{n_same}/{len(prompts)}'} | {c['prompt_tokens']} | "
+            f"{c['prompt_tokens_evaluated']} | {c['prompt_tokens_shared']} | {c['kv_copies']} |"
+        )
     if hf_row is not None:
         n_hf, hf_s, hf_tokens = hf_row
         engine_per_prompt = engine_s / n_unique
@@ -376,15 +419,18 @@ def main() -> None:
             if server_same is not None
             else ""
         ),
-        "",
-        "## Seconds per prompt of each shipped model",
-        "",
-        f"Naive: {args.per_prompt_n} distinct prompts one at a time. Engine: {2 * args.n_parallel} distinct "
-        f"prompts with prefix reuse and {args.n_parallel} parallel sequences.",
-        "",
-        "| model | s/prompt naive | generated tokens/s naive | s/prompt engine |",
-        "|---|---:|---:|---:|",
     ]
+    if per_prompt:
+        lines += [
+            "",
+            "## Seconds per prompt of each shipped model",
+            "",
+            f"Naive: {args.per_prompt_n} distinct prompts one at a time. Engine: {2 * args.n_parallel} distinct "
+            f"prompts with prefix reuse and {args.n_parallel} parallel sequences.",
+            "",
+            "| model | s/prompt naive | generated tokens/s naive | s/prompt engine |",
+            "|---|---:|---:|---:|",
+        ]
     for name, spp, tps, s_engine in per_prompt:
         if spp is None:
             lines.append(f"| {name} | not installed | | |")

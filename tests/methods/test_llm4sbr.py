@@ -134,7 +134,7 @@ def test_llm_source_with_a_real_small_llm(tmp_path):
     data = write_dataset(tmp_path / "ds", sessions, LLM_TITLES)
     store_path = tmp_path / "answers.sqlite"
     with AnswerStore(store_path) as store:
-        for template in ("llm4sbr-long", "llm4sbr-short"):
+        for template in ("llm4sbr-long", "llm4sbr-short", "llm4sbr-long-compact", "llm4sbr-short-compact"):
             for split, limit in (("train", 4), ("valid", 2), ("test", 2)):
                 report = run_inference(
                     data,
@@ -174,6 +174,22 @@ def test_llm_source_with_a_real_small_llm(tmp_path):
     assert semantic["source"] == "llm"
     assert semantic["examples_used"] == {"train": 4, "valid": 2, "test": 2}
     assert semantic["features"]["long"]["llm"]["model_sha256"]
+    assert semantic["features"]["short"]["template"] == "llm4sbr-short"
+    compact = train(
+        data,
+        "srgnn",
+        {"embedding_dim": 16},
+        {"epochs": 1},
+        out=tmp_path / "compact",
+        method="llm4sbr",
+        method_config={**config, "restrict_to_covered": True, "prompts": "compact"},
+        progress=False,
+    )
+    features = compact.metrics["semantic"]["features"]
+    assert {v: features[v]["template"] for v in ("long", "short")} == {
+        "long": "llm4sbr-long-compact",
+        "short": "llm4sbr-short-compact",
+    }
     assert 0.0 <= result.test["HR@20"] <= 1.0
     # LLM answers exist only for dataset examples: serving a new session is refused with a reason
     from intentrec.serving.recommend import recommend
@@ -226,7 +242,7 @@ def test_llm_source_on_a_real_beauty_subset(tmp_path):
     assert all(len(data.examples(s)) >= n for s, n in limits.items())
     store_path = tmp_path / "answers.sqlite"
     with AnswerStore(store_path) as store:
-        for template in ("llm4sbr-long", "llm4sbr-short"):
+        for template in ("llm4sbr-long", "llm4sbr-short", "llm4sbr-long-compact", "llm4sbr-short-compact"):
             for split, limit in limits.items():
                 report = run_inference(
                     data.path,

@@ -13,6 +13,7 @@ from intentrec.semantic.prompts import (
     ItemText,
     PromptContext,
     get_template,
+    llm4sbr_view_template,
     parse_rationale,
     prompt_text,
     template_names,
@@ -34,11 +35,15 @@ EXAMPLES = [
 RATIONALE = "The user is  painting their nails\nand wants a finishing coat."
 FULL = PromptContext(session=SESSION, candidates=CANDIDATES, examples=EXAMPLES, rationale=RATIONALE)
 
+COMPACT = ["llm4sbr-long-compact", "llm4sbr-normal-compact", "llm4sbr-short-compact"]
 ALL = [
     "dmsrec",
     "llm4sbr-long",
+    "llm4sbr-long-compact",
     "llm4sbr-normal",
+    "llm4sbr-normal-compact",
     "llm4sbr-short",
+    "llm4sbr-short-compact",
     "semsr-fs",
     "semsr-fs-cot",
     "semsr-fscot-rationale",
@@ -75,7 +80,7 @@ def test_messages_are_system_then_user_and_deterministic(name: str) -> None:
     assert template.version
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [n for n in ALL if n not in COMPACT])
 def test_session_items_are_numbered_with_title_and_id(name: str) -> None:
     user = get_template(name).build(FULL)[1]["content"]
     assert "1. OPI Nail Lacquer, Simmer and Shimmer, 0.5-Fluid Ounce [ID: B001]" in user
@@ -95,6 +100,26 @@ def test_long_short_normal_differ_only_in_the_qualifier() -> None:
     assert "long-term" in long_ and "long-term" not in short and "long-term" not in normal
     assert "latest" in short and "latest" not in long_ and "latest" not in normal
     assert "one item name" in long_ and "one item name" in short and "one item name" in normal
+
+
+@pytest.mark.parametrize("name", COMPACT)
+def test_compact_templates_ask_first_and_show_titles_without_ids(name: str) -> None:
+    system, user = (m["content"] for m in get_template(name).build(FULL))
+    assert len(system) < len(SYSTEM)
+    assert user.endswith(
+        "1. OPI Nail Lacquer, Simmer and Shimmer, 0.5-Fluid Ounce\n2. Essie Gel Couture Top Coat\n3. [ID: B003]"
+    )
+    # everything before the session is fixed: a longer session only appends to the prompt
+    longer = get_template(name).build(PromptContext(session=SESSION + [ItemText("B004", "Nail file")]))[1]["content"]
+    assert longer.startswith(user)
+
+
+def test_view_templates_by_wording() -> None:
+    assert llm4sbr_view_template("short") == "llm4sbr-short"
+    assert llm4sbr_view_template("long", "compact") == "llm4sbr-long-compact"
+    assert {llm4sbr_view_template(v, w) for v in ("long", "short", "normal") for w in ("standard", "compact")} <= set(
+        ALL
+    )
 
 
 def test_long_sessions_keep_the_most_recent_items() -> None:

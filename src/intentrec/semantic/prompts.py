@@ -91,16 +91,18 @@ def truncate_title(title: str, max_words: int, max_chars: int) -> str:
     return text + "…" if cut else text
 
 
-def render_item(item: ItemText, *, max_words: int, max_chars: int) -> str:
+def render_item(item: ItemText, *, max_words: int, max_chars: int, with_id: bool = True) -> str:
     title = (item.title or "").strip()
     if not title:
         return f"[ID: {item.item_id}]"
-    return f"{truncate_title(title, max_words, max_chars)} [ID: {item.item_id}]"
+    text = truncate_title(title, max_words, max_chars)
+    return f"{text} [ID: {item.item_id}]" if with_id else text
 
 
-def render_list(items: list[ItemText], *, max_words: int, max_chars: int) -> str:
+def render_list(items: list[ItemText], *, max_words: int, max_chars: int, with_id: bool = True) -> str:
     return "\n".join(
-        f"{n}. {render_item(item, max_words=max_words, max_chars=max_chars)}" for n, item in enumerate(items, 1)
+        f"{n}. {render_item(item, max_words=max_words, max_chars=max_chars, with_id=with_id)}"
+        for n, item in enumerate(items, 1)
     )
 
 
@@ -199,6 +201,50 @@ class PlainPreference(_SingleItemQuestion):
     """Ablation of the two LLM4SBR views: the same question with no long/short-term qualifier."""
 
     question = "Name one item the user is interested in. Answer with one item name only, without explanation."
+
+
+COMPACT_SYSTEM = "You are a shopping assistant. Answer with one item name only."
+
+
+class _CompactQuestion(PromptTemplate):
+    """The LLM4SBR views worded for speed: a short system message, the question *before* the session
+    and items without their ids (titleless items still show their id).
+
+    With the question first, everything up to the session is the same in every prompt, so the engine
+    evaluates it once per call and copies it between slots (``share_prefix``), and a prompt whose
+    session extends the previous prompt's session reuses all of it; with the question last it is
+    evaluated again for every prompt.
+    """
+
+    system = COMPACT_SYSTEM
+    question: ClassVar[str]
+
+    def user_text(self, ctx: PromptContext) -> str:
+        o = self.options
+        items = self.session_items(ctx)
+        session = render_list(items, max_words=o.max_title_words, max_chars=o.max_title_chars, with_id=False)
+        return f"{self.question}\nThe user's clicks, oldest first:\n{session}"
+
+
+@TEMPLATES.register("llm4sbr-long-compact")
+class CompactLongTermPreference(_CompactQuestion):
+    """``llm4sbr-long`` in the compact wording."""
+
+    question = "Name one item that matches the user's long-term interest, judging by the whole session."
+
+
+@TEMPLATES.register("llm4sbr-short-compact")
+class CompactShortTermPreference(_CompactQuestion):
+    """``llm4sbr-short`` in the compact wording."""
+
+    question = "Name one item the user wants right now, judging mostly by the latest clicks."
+
+
+@TEMPLATES.register("llm4sbr-normal-compact")
+class CompactPlainPreference(_CompactQuestion):
+    """``llm4sbr-normal`` in the compact wording."""
+
+    question = "Name one item the user is interested in."
 
 
 @TEMPLATES.register("dmsrec")
@@ -434,6 +480,19 @@ class FewShotReasonedNextTitle(_NextTitle):
     with_rationale = True
 
 
+#: The LLM4SBR view templates by wording: ``standard`` (the question after the session, item ids
+#: shown) and ``compact`` (the question first, no ids; see :class:`_CompactQuestion`).
+LLM4SBR_VIEW_TEMPLATES: dict[str, dict[str, str]] = {
+    "standard": {"long": "llm4sbr-long", "short": "llm4sbr-short", "normal": "llm4sbr-normal"},
+    "compact": {"long": "llm4sbr-long-compact", "short": "llm4sbr-short-compact", "normal": "llm4sbr-normal-compact"},
+}
+
+
+def llm4sbr_view_template(view: str, prompts: str = "standard") -> str:
+    """The template name of one LLM4SBR view (long, short, normal) in one wording."""
+    return LLM4SBR_VIEW_TEMPLATES[prompts][view]
+
+
 def get_template(name: str, **options: object) -> PromptTemplate:
     """A template by registry name, with optional :class:`TemplateOptions` overrides."""
     cls = TEMPLATES.get(name)
@@ -452,7 +511,9 @@ __all__ = [
     "PromptTemplate",
     "TEMPLATES",
     "TemplateOptions",
+    "LLM4SBR_VIEW_TEMPLATES",
     "get_template",
+    "llm4sbr_view_template",
     "parse_rationale",
     "prompt_text",
     "template_names",

@@ -41,8 +41,6 @@ from intentrec.search_space import FloatRange, IntRange, SearchSpace
 if TYPE_CHECKING:
     from intentrec.data.dataset import PreparedDataset
 
-TEMPLATES = {"long": "llm4sbr-long", "short": "llm4sbr-short", "normal": "llm4sbr-normal"}
-
 
 class LLM4SBRConfig(TextSourceConfig):
     source: Literal["titles", "llm", "distilled"] = Field(
@@ -50,6 +48,9 @@ class LLM4SBRConfig(TextSourceConfig):
     )
     student: str | None = Field(None, description="source=distilled: the student folder")
     views: list[Literal["long", "short"]] = Field(default_factory=lambda: ["long", "short"])
+    prompts: Literal["standard", "compact"] = Field(
+        "standard", description="source=llm: wording of the view prompts (compact: ~40% fewer prompt tokens)"
+    )
     normal: bool = Field(False, description="one unqualified view instead of long + short")
     lambda_au: float = Field(0.1, ge=0, description="weight of the alignment + uniformity losses")
     k: int = Field(3, ge=0, description="catalogue items per intent in localization (0 = raw)")
@@ -141,12 +142,13 @@ class LLM4SBR(Method):
             )
         else:
             from intentrec.semantic.llm import resolve_llm_identity
+            from intentrec.semantic.prompts import llm4sbr_view_template
 
             identity = resolve_llm_identity(cfg.llm)
             out = {
                 v: llm_view(
                     dataset.path,
-                    template=TEMPLATES[v],
+                    template=llm4sbr_view_template(v, cfg.prompts),
                     llm_identity=identity,
                     encoder=encoder,
                     k=cfg.k,

@@ -59,10 +59,9 @@ from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.io import sha256_file, write_json
 from intentrec.semantic.encoders import TextEncoder, get_encoder
 from intentrec.semantic.llm.base import DecodingConfig, LLMBackend
-from intentrec.semantic.prompts import get_template
+from intentrec.semantic.prompts import get_template, llm4sbr_view_template
 
 FORMAT = "intentrec-student/1"
-VIEW_TEMPLATES = {"long": "llm4sbr-long", "short": "llm4sbr-short", "normal": "llm4sbr-normal"}
 WEIGHTS = "student.safetensors"
 IDENTITY = "student.json"
 ENCODER_DIR = "encoder"
@@ -74,6 +73,7 @@ class StudentConfig(Config):
 
     kind: Literal["head", "finetune"] = Field("head", description="MLP head on frozen title vectors, or fine-tune")
     views: list[Literal["long", "short", "normal"]] = Field(default_factory=lambda: ["long", "short"])
+    prompts: Literal["standard", "compact"] = Field("standard", description="wording of the teacher's view prompts")
     k: int = Field(3, ge=0, description="localization neighbours of the teacher answers (as method.k)")
     hidden: int = Field(512, ge=8)
     attention: int = Field(128, ge=4, description="width of the additive attention")
@@ -359,6 +359,7 @@ def run_teacher(
     chunk_size: int = 64,
     generate: bool = True,
     progress: bool = True,
+    prompts: str = "standard",
 ) -> TeacherResult:
     """Answers of every view for the seeded sample of train examples (resumable, see module doc).
 
@@ -377,7 +378,7 @@ def run_teacher(
     planned = {
         v: run_inference(
             dataset_dir,
-            template=VIEW_TEMPLATES[v],
+            template=llm4sbr_view_template(v, prompts),
             llm=llm,
             llm_options=llm_options,
             dry_run=True,
@@ -394,7 +395,11 @@ def run_teacher(
             for v in views:
                 if planned[v].covered < planned[v].examples:
                     report = run_inference(
-                        dataset_dir, template=VIEW_TEMPLATES[v], llm=backend, progress=progress, **common
+                        dataset_dir,
+                        template=llm4sbr_view_template(v, prompts),
+                        llm=backend,
+                        progress=progress,
+                        **common,
                     )
                     reports[v] = report.to_dict()
                     generated += report.generated
@@ -630,7 +635,7 @@ def distill(
     if not teacher_only and out.exists() and not (out / IDENTITY).is_file():
         raise ConfigError(f"--out {out} exists and is not a student folder; choose another path")
     text_encoder = get_encoder(encoder)
-    templates = {v: get_template(VIEW_TEMPLATES[v]) for v in cfg.views}
+    templates = {v: get_template(llm4sbr_view_template(v, cfg.prompts)) for v in cfg.views}
     window = min(t.options.max_session_items for t in templates.values())
 
     with AnswerStore(store_path) as store:
@@ -646,6 +651,7 @@ def distill(
             chunk_size=chunk_size,
             generate=generate,
             progress=progress,
+            prompts=cfg.prompts,
         )
         if teacher_only:
             return teacher
@@ -659,13 +665,13 @@ def distill(
             for v in cfg.views:
                 result = compute_intents(
                     dataset_dir,
-                    template=VIEW_TEMPLATES[v],
+                    template=templates[v].name,
                     llm_identity=teacher.identity,
                     encoder=text_encoder,
                     k=cfg.k,
                     split="train",
                     store=store,
-                    out=staging / f"teacher.{VIEW_TEMPLATES[v]}.safetensors",
+                    out=staging / f"teacher.{templates[v].name}.safetensors",
                 )
                 targets[v] = result.vectors
                 present &= result.has_intent
