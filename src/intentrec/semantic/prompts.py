@@ -11,7 +11,8 @@ Rules shared by every template (see docs/semantic.md):
   words (≈1.3 BPE tokens each for English titles) and at most ``max_title_chars`` characters (for
   titles with few spaces, e.g. CJK). Candidate titles get the smaller ``max_candidate_title_words``.
 * Each item is shown as ``<n>. <title> [ID: <item id>]`` so the parser can strip an echoed id; an item
-  without a title is shown by its id alone.
+  without a title is shown by its id alone. The compact LLM4SBR templates (``llm4sbr-*-compact``)
+  leave the ids out of titled items and ask their question before the session.
 
 Changing the wording of a template changes its prompts (so it gets new answer-store keys); bump its
 ``version`` too, so answers linked to examples under the old wording are reported as stale.
