@@ -276,12 +276,12 @@ def main() -> None:
     engine_s, same, counters = engine(share_prefix=True)
     rows_out.append((engine_label + (", shared prefix on" if args.share_ablation else ""), len(prompts), engine_s))
     token_rows.append(("engine, shared prefix on", engine_s, same, counters))
+    _log(f"engine: {engine_s:.1f} s; {same}/{len(prompts)} answers identical to naive; {counters}")
     for other in [t for t in args.also_templates.split(",") if t]:
         s, _, c = engine(share_prefix=True, template=other)
         rows_out.append((f"{engine_label}, template `{other}`", len(prompts), s))
         token_rows.append((f"engine, template `{other}`", s, None, c))
         _log(f"engine with {other}: {s:.1f} s; {c}")
-    _log(f"engine: {engine_s:.1f} s; {same}/{len(prompts)} answers identical to naive; {counters}")
 
     server_same = server_tokens = naive_tokens = None
     if args.llama_server:

@@ -132,6 +132,8 @@ class PromptTemplate:
     needs_rationale: ClassVar[bool] = False
     #: the few-shot examples must carry rationales (``FewShotExample.rationale``)
     needs_example_rationales: ClassVar[bool] = False
+    #: session items are shown as ``<title> [ID: <item id>]`` (False: the title alone)
+    show_item_ids: ClassVar[bool] = True
 
     def __init__(self, options: TemplateOptions | None = None):
         self.options = options or TemplateOptions()
@@ -148,7 +150,7 @@ class PromptTemplate:
 
     def render_session(self, items: list[ItemText]) -> str:
         o = self.options
-        return render_list(items, max_words=o.max_title_words, max_chars=o.max_title_chars)
+        return render_list(items, max_words=o.max_title_words, max_chars=o.max_title_chars, with_id=self.show_item_ids)
 
     def build(self, ctx: PromptContext) -> list[Message]:
         if self.needs_candidates and not ctx.candidates:
@@ -218,12 +220,11 @@ class _CompactQuestion(PromptTemplate):
     """
 
     system = COMPACT_SYSTEM
+    show_item_ids = False
     question: ClassVar[str]
 
     def user_text(self, ctx: PromptContext) -> str:
-        o = self.options
-        items = self.session_items(ctx)
-        session = render_list(items, max_words=o.max_title_words, max_chars=o.max_title_chars, with_id=False)
+        session = self.render_session(self.session_items(ctx))
         return f"{self.question}\nThe user's clicks, oldest first:\n{session}"
 
 

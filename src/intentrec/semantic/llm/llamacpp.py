@@ -353,24 +353,31 @@ class LlamaCppBackend(LLMBackend):
 
     def _prefill(self, slot: _Slot, tokens: list[int]) -> None:
         """Evaluate ``tokens`` after what ``slot`` holds, without asking for logits."""
-        seq_ids = self._batch.seq_id
         n_batch = self.config.n_batch
         for at in range(0, len(tokens), n_batch):
             chunk = tokens[at : at + n_batch]
-            take = len(chunk)
-            start = len(slot.cached)
-            self._b_token[:take] = chunk
-            self._b_pos[:take] = np.arange(start, start + take)
-            self._b_logits[:take] = 0
-            for j in range(take):
-                seq_ids[j][0] = slot.seq_id
-            self._batch.n_tokens = take
-            rc = self._lib.llama_decode(self._ctx, self._batch)
-            self.counters["decode_calls"] += 1
-            if rc != 0:
-                raise IntentrecError(f"llama_decode failed with status {rc}")
-            slot.cached.extend(chunk)
-            self.counters["prompt_tokens_evaluated"] += take
+            self._put(0, slot, chunk)
+            self._decode(len(chunk))
+            self.counters["prompt_tokens_evaluated"] += len(chunk)
+
+    def _put(self, n: int, slot: _Slot, chunk: list[int]) -> None:
+        """Write ``chunk`` into the batch at row ``n`` as the next tokens of ``slot`` (no logits)."""
+        take = len(chunk)
+        start = len(slot.cached)
+        self._b_token[n : n + take] = chunk
+        self._b_pos[n : n + take] = np.arange(start, start + take)
+        self._b_logits[n : n + take] = 0
+        seq_ids = self._batch.seq_id
+        for j in range(n, n + take):
+            seq_ids[j][0] = slot.seq_id
+        slot.cached.extend(chunk)
+
+    def _decode(self, n_tokens: int) -> None:
+        self._batch.n_tokens = n_tokens
+        rc = self._lib.llama_decode(self._ctx, self._batch)
+        self.counters["decode_calls"] += 1
+        if rc != 0:
+            raise IntentrecError(f"llama_decode failed with status {rc}")
 
     def _start(self, slot: _Slot, index: int, tokens: list[int], decoding: DecodingConfig) -> None:
         lib = self._lib
@@ -388,9 +395,7 @@ class LlamaCppBackend(LLMBackend):
         slot.job = _Job(index=index, tokens=tokens, rng=rng, started=time.perf_counter())
 
     def _run(self, token_lists, decoding: DecodingConfig, results, on_result) -> None:
-        lib = self._lib
         n_batch = self.config.n_batch
-        seq_ids = self._batch.seq_id
         while True:
             for slot in self._slots:
                 if slot.job is None:
@@ -414,24 +419,13 @@ class LlamaCppBackend(LLMBackend):
                     if answering != phase_answering or not slot.pending or n >= n_batch:
                         continue
                     take = min(len(slot.pending), n_batch - n)
-                    chunk = slot.pending[:take]
-                    start = len(slot.cached)
-                    self._b_token[n : n + take] = chunk
-                    self._b_pos[n : n + take] = np.arange(start, start + take)
-                    self._b_logits[n : n + take] = 0
-                    for j in range(n, n + take):
-                        seq_ids[j][0] = slot.seq_id
-                    slot.cached.extend(chunk)
+                    self._put(n, slot, slot.pending[:take])
                     slot.pending = slot.pending[take:]
                     if not slot.pending:
                         self._b_logits[n + take - 1] = 1
                         outputs.append((slot, n + take - 1))
                     n += take
-            self._batch.n_tokens = n
-            rc = lib.llama_decode(self._ctx, self._batch)
-            self.counters["decode_calls"] += 1
-            if rc != 0:
-                raise IntentrecError(f"llama_decode failed with status {rc}")
+            self._decode(n)
             for slot, row in outputs:
                 self._advance(slot, row, decoding, results, on_result)
 
