@@ -282,6 +282,72 @@ def test_rerank_rows_are_evaluated_from_two_finished_runs(tmp_path, monkeypatch)
     assert "3 runs — 3 done, 0 to run, 0 stale" in out
 
 
+def test_rerank_rows_whose_inputs_lack_checkpoints_wait_for_reproduce(tmp_path, monkeypatch):
+    """Records travel with the repository, run folders do not: a + row over records made elsewhere
+    says what to run; --reproduce retrains its inputs and checks them against their records."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    write_tiny_dataset(tmp_path / "data")
+    spec = {
+        "name": "rr",
+        "runs_dir": "out/runs",
+        "records_dir": "out/records",
+        "results_dir": "out/results",
+        "datasets": {"tiny": {"path": "data"}},
+        "seeds": [0],
+        "settings": {"train.epochs": 2, "train.patience": None, "model.embedding_dim": 8},
+        "grids": [
+            {"backbones": ["gru4rec"], "rerank_with": {"backbone": TEST_BACKBONE}},
+            {"backbones": [TEST_BACKBONE]},
+        ],
+    }
+    (tmp_path / "rr.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    plus, first, second = "tiny/gru4rec/default+/s0", "tiny/gru4rec/default/s0", f"tiny/{TEST_BACKBONE}/default/s0"
+    records_dir, runs_dir = tmp_path / "out/records", tmp_path / "out/runs"
+    _invoke("experiment", "rr.yaml", "--threads", "1", "--no-progress")
+    made_here = _records(records_dir)
+
+    # as on a fresh machine: the inputs' records without their run folders, the + row not done
+    (records_dir / f"{plus}.json").unlink()
+    for run_id in (first, second):
+        shutil.rmtree(runs_dir / run_id)
+    out = _invoke("experiment", "rr.yaml", "--threads", "1", "--no-progress").output
+    assert f"{plus}: cannot re-rank: {first}, {second} have records but no checkpoints here" in out
+    assert f"--reproduce --only {first} --only {second}" in out
+    assert set(_records(records_dir)) == {first, second}
+
+    monkeypatch.setattr(training, "train", _boom)  # a normal run trains nothing for it either
+    _invoke("experiment", "rr.yaml", "--threads", "1", "--no-progress")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+
+    out = _invoke("experiment", "rr.yaml", "--reproduce", "--only", plus, "--threads", "1", "--no-progress").output
+    assert "2 finished run(s) to retrain (0 without test ranks, 2 whose checkpoint other runs read), 2 now" in out
+    assert f"{first}: reproduced" in out and "its checkpoint is here again" in out
+    after = _records(records_dir)
+    for run_id in (first, second):
+        assert after[run_id]["reproduction"]["agrees"] and after[run_id]["reproduction"]["same_ranks"]
+        assert after[run_id][RANKS_KEY] == made_here[run_id][RANKS_KEY]
+    out = _invoke("experiment", "rr.yaml", "--threads", "1", "--no-progress").output
+    assert f"{plus}: re-ranking the test lists of {first} by {second}" in out
+    assert _records(records_dir)[plus]["test"] == made_here[plus]["test"]
+
+    # a retrained checkpoint that does not give its record's metrics is not read
+    (records_dir / f"{plus}.json").unlink()
+    shutil.rmtree(runs_dir / second)
+    tampered = _records(records_dir)[second]
+    tampered["test"]["HR@20"] += 0.05
+    (records_dir / f"{second}.json").write_text(json.dumps(tampered))
+    out = _invoke("experiment", "rr.yaml", "--reproduce", "--only", plus, "--threads", "1", "--no-progress").output
+    assert "1 finished run(s) to retrain (0 without test ranks, 1 whose checkpoint other runs read)" in out
+    assert f"{second}: warning: did NOT reproduce" in out
+    assert not _records(records_dir)[second]["reproduction"]["agrees"]
+    out = _invoke("experiment", "rr.yaml", "--threads", "1", "--no-progress").output
+    assert f"{plus}: cannot re-rank: the checkpoint of {second} was retrained and did not reproduce its record" in out
+    assert plus not in _records(records_dir)
+
+
 def test_a_run_another_process_is_training_is_skipped_not_trained_twice(tmp_path, monkeypatch):
     import os
 
@@ -379,7 +445,7 @@ def test_reproduce_retrains_records_without_ranks_and_adds_them_only_when_the_me
     assert "2 done, 0 to run, 0 stale" in _invoke("experiment", "tiny.yaml", "--dry-run", *only).output
 
     out = _invoke("experiment", "tiny.yaml", "--reproduce", *only, "--threads", "1", "--no-progress").output
-    assert "2 finished run(s) without test ranks to retrain, 2 now" in out
+    assert "2 finished run(s) to retrain (2 without test ranks, 0 whose checkpoint other runs read), 2 now" in out
     assert f"{ids[0]}: reproduced" in out and f"{ids[1]}: warning: did NOT reproduce" in out
     after = _records(tmp_path / "out/records")
     assert after[ids[0]][RANKS_KEY] == first[ids[0]][RANKS_KEY]
@@ -395,7 +461,7 @@ def test_reproduce_retrains_records_without_ranks_and_adds_them_only_when_the_me
     # each record is tried once; nothing new is trained by --reproduce
     monkeypatch.setattr(training, "train", _boom)
     out = _invoke("experiment", "tiny.yaml", "--reproduce", "--threads", "1").output
-    assert "0 finished run(s) without test ranks to retrain" in out
+    assert "0 finished run(s) to retrain" in out
     _invoke("experiment", "tiny.yaml", *only)  # the backfill leaves the retrained folder's ranks out
     assert RANKS_KEY not in _records(tmp_path / "out/records")[ids[1]]
     refused = _invoke("experiment", "tiny.yaml", "--reproduce", "--dry-run", expect=1)

@@ -104,6 +104,32 @@ def test_runner_waits_for_an_unfinished_id_run(tmp_path):
     assert any("waits for its ID run d/gcsan/default/s0" in line for line in lines)
 
 
+def test_runner_skips_a_run_whose_id_run_has_a_record_but_no_checkpoint_here(tmp_path, monkeypatch):
+    import json
+
+    from intentrec.experiments import runner
+    from intentrec.experiments.runner import _checkpoints_needed
+
+    monkeypatch.setattr(runner, "write_report", lambda report: [])  # the hand-made record has no metrics
+
+    spec = _spec(LLMGR_FIRST, tmp_path, seeds=[0])
+    experiment = Experiment(spec, "t.yaml", expand(spec))
+    id_run = next(r for r in experiment.runs if r.run_id == "d/gcsan/default/s0")
+    path = id_run.record_path(spec.records_dir)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"run_id": id_run.run_id, "settings": id_run.settings}))
+    lines: list[str] = []
+    outcome = run_experiment(experiment, RunOptions(only=["d/gcsan+llmgr/*"]), echo=lines.append)
+    assert outcome.trained == [] and outcome.remaining == 1
+    assert any(
+        "cannot read its ID run: d/gcsan/default/s0 has a record but no checkpoint here" in line
+        and "--reproduce --only d/gcsan/default/s0" in line
+        for line in lines
+    ), lines
+    llmgr_runs = [r for r in experiment.runs if r.method == "llmgr"]
+    assert _checkpoints_needed(experiment, llmgr_runs) == {"d/gcsan/default/s0"}
+
+
 def _record(trainer: dict) -> dict:
     return {"seed": 0, "test": {}, "config": {"trainer": trainer}}
 

@@ -32,7 +32,8 @@ training (their run folders are locked) or has finished.
   intentrec experiment experiments/llm4sbr-beauty.yaml --report-only
 
   intentrec experiment experiments/llm4sbr-beauty.yaml --reproduce --only 'beauty/srgnn*' --threads 1
-  [dim](retrain finished runs whose records have no test ranks; ranks are added if the metrics agree)[/dim]
+  [dim](retrain finished runs whose records have no test ranks, or whose checkpoints a '+' row or an ID run
+  needs and another machine had; checked against the record's test metrics)[/dim]
 """
 
 
@@ -52,9 +53,10 @@ def experiment_command(
     reproduce: bool = typer.Option(
         False,
         "--reproduce",
-        help="Retrain finished runs whose records lack per-example test ranks and whose run folder is gone; "
-        "if the test metrics agree with the record, add the ranks (for the paired tests), else note the "
-        "difference in the record. Trains no new run.",
+        help="Retrain finished runs whose run folder is gone and whose records lack per-example test ranks, "
+        "or whose checkpoint a selected unfinished run reads (a '+' row, an ID run); if the test metrics "
+        "agree with the record, add the ranks (for the paired tests), else note the difference in the "
+        "record. Trains no new run.",
     ),
 ) -> None:
     from intentrec.experiments import Experiment, RunOptions, describe, reproduce_runs, run_experiment
@@ -80,10 +82,7 @@ def experiment_command(
     elif reproduce:
         outcome = reproduce_runs(experiment, options, echo=_echo)
         written = outcome.written
-        _echo(
-            f"retrained {len(outcome.trained)} run(s); {outcome.remaining} selected finished run(s) still "
-            "without test ranks or a reproduction"
-        )
+        _echo(f"retrained {len(outcome.trained)} run(s); {outcome.remaining} finished run(s) still to reproduce")
     else:
         outcome = run_experiment(experiment, options, echo=_echo)
         written = outcome.written

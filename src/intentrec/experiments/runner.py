@@ -233,6 +233,10 @@ def run_experiment(experiment: Experiment, options: RunOptions, echo: Echo = pri
         if waiting:
             echo(f"{step}: waits for its ID run {', '.join(waiting)} (not finished yet)")
             continue
+        unusable = _unusable_inputs(experiment, run.needs)
+        if unusable:
+            echo(f"{step}: cannot read its ID run: {unusable}")
+            continue
         try:
             # Several processes may work through one grid side by side. This lock covers the check,
             # the training and the record, so no run is trained or recorded twice.
@@ -297,13 +301,23 @@ def reproduce_runs(experiment: Experiment, options: RunOptions, echo: Echo = pri
 
     spec = experiment.spec
     selected = _selected(experiment, options)
-    candidates = [
-        s
-        for s in experiment.states(selected)
-        if _lacks_ranks(s) and not (s.run.run_dir(spec.runs_dir) / BEST).is_file()
-    ]
+    needed = _checkpoints_needed(experiment, selected)
+
+    def wanted(state: RunState) -> bool:
+        if (state.run.run_dir(spec.runs_dir) / BEST).is_file():
+            return False
+        return _lacks_ranks(state) or state.run.run_id in needed
+
+    candidates = [s for s in experiment.states(selected) if wanted(s)]
+    candidates += [s for s in experiment.states([r for r in experiment.runs if r.run_id in needed]) if wanted(s)]
+    candidates = list({s.run.run_id: s for s in candidates}.values())
     limit = len(candidates) if options.max_runs is None else min(options.max_runs, len(candidates))
-    echo(f"experiment {spec.name}: {len(candidates)} finished run(s) without test ranks to retrain, {limit} now")
+    for_others = sum(s.run.run_id in needed for s in candidates)
+    echo(
+        f"experiment {spec.name}: {len(candidates)} finished run(s) to retrain "
+        f"({len(candidates) - for_others} without test ranks, {for_others} whose checkpoint other runs read), "
+        f"{limit} now"
+    )
     command = options.command(experiment.spec_file)
     datasets = _Datasets(spec, echo)
     trained: list[str] = []
@@ -315,7 +329,7 @@ def reproduce_runs(experiment: Experiment, options: RunOptions, echo: Echo = pri
         try:
             with exclusive_lock(run.run_dir(spec.runs_dir) / RUNNER_LOCK, what=f"run {run.run_id}"):
                 fresh = experiment.state(run)
-                if not _lacks_ranks(fresh):
+                if not wanted(fresh):
                     echo(f"{step}: reproduced meanwhile by another process")
                     continue
                 record = fresh.record
@@ -338,7 +352,9 @@ def reproduce_runs(experiment: Experiment, options: RunOptions, echo: Echo = pri
                     "machine": machine(options.threads),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 }
-                if agrees:
+                if RANKS_KEY in record:  # a run retrained for its checkpoint: its ranks were kept before
+                    record["reproduction"]["same_ranks"] = ranks == record[RANKS_KEY]
+                elif agrees:
                     record[RANKS_KEY] = ranks
                 save_record(run.record_path(spec.records_dir), record)
         except InUseError as exc:
@@ -346,13 +362,31 @@ def reproduce_runs(experiment: Experiment, options: RunOptions, echo: Echo = pri
             busy.append(run.run_id)
             continue
         trained.append(run.run_id)
+        kept = "its checkpoint is here again" if run.run_id in needed else "test ranks added"
         if agrees:
-            echo(f"{step}: reproduced (largest test metric difference {worst:.2e}); test ranks added")
+            echo(f"{step}: reproduced (largest test metric difference {worst:.2e}); {kept}")
         else:
             echo(f"{step}: warning: did NOT reproduce, largest test metric difference {worst:.4f}; no ranks added")
     written = write_report(experiment.report())
-    remaining = sum(_lacks_ranks(s) for s in experiment.states(selected))
+    remaining = sum(wanted(s) for s in experiment.states(selected))
+    remaining += sum(wanted(s) for s in experiment.states([r for r in experiment.runs if r.run_id in needed]))
     return Outcome(trained, remaining, written, busy)
+
+
+def _checkpoints_needed(experiment: Experiment, selected: list[RunSpec]) -> set[str]:
+    """The finished runs whose checkpoints the selected unfinished runs read (ID runs, the two runs of a
+    ``+`` row) and whose run folders are not here."""
+    from intentrec.training.run import BEST
+
+    spec = experiment.spec
+    reads = {
+        i for s in experiment.states(selected) if s.status == "todo" for i in (*s.run.needs, *(s.run.rerank or ()))
+    }
+    return {
+        s.run.run_id
+        for s in experiment.states([r for r in experiment.runs if r.run_id in reads])
+        if s.status == "done" and not s.run.paper_mode and not (s.run.run_dir(spec.runs_dir) / BEST).is_file()
+    }
 
 
 def _lacks_ranks(state: RunState) -> bool:
@@ -376,6 +410,10 @@ def _rerank(experiment: Experiment, run: RunSpec, command: str, echo: Echo, step
     if missing:
         echo(f"{step}: waits for {', '.join(missing)} (not finished yet)")
         return None
+    unusable = _unusable_inputs(experiment, run.rerank)
+    if unusable:
+        echo(f"{step}: cannot re-rank: {unusable}")
+        return None
     echo(f"{step}: re-ranking the test lists of {run.rerank[0]} by {run.rerank[1]}")
     first, second = (experiment.state(needed[i]).record for i in run.rerank)
     started = time.perf_counter()
@@ -387,6 +425,32 @@ def _rerank(experiment: Experiment, run: RunSpec, command: str, echo: Echo, step
         command=command,
         wall_seconds_started=started,
     )
+
+
+def _unusable_inputs(experiment: Experiment, run_ids: tuple[str, ...]) -> str | None:
+    """Why the finished runs another run reads (its ID run, or the two runs of a ``+`` row) cannot be
+    read here, or None. A record can outlive its run folder (made on another machine); a checkpoint
+    retrained by ``--reproduce`` that did not give its record's metrics again is not that record's."""
+    from intentrec.training.run import BEST
+
+    spec = experiment.spec
+    gone, differ = [], []
+    for run in (r for r in experiment.runs if r.run_id in run_ids):
+        record = experiment.state(run).record or {}
+        if not (run.run_dir(spec.runs_dir) / BEST).is_file():
+            gone.append(run.run_id)
+        elif (record.get("reproduction") or {}).get("agrees") is False:
+            differ.append(run.run_id)
+    if gone:
+        only = " ".join(f"--only {shlex.quote(r)}" for r in gone)
+        has = "has a record but no checkpoint" if len(gone) == 1 else "have records but no checkpoints"
+        return (
+            f"{', '.join(gone)} {has} here (run folders made on another machine); "
+            f"retrain it with: intentrec experiment {shlex.quote(experiment.spec_file)} --reproduce {only}"
+        )
+    if differ:
+        return f"the checkpoint of {', '.join(differ)} was retrained and did not reproduce its record"
+    return None
 
 
 def _attach_test_ranks(record: dict[str, Any], run_dir: Path, echo: Echo) -> None:
