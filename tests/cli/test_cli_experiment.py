@@ -235,9 +235,9 @@ def _lane_experiment(folder: Path) -> list[str]:
     return [f"tiny/{TEST_BACKBONE}/default/s{s}" for s in range(4)]
 
 
-def test_rerank_rows_are_evaluated_from_two_finished_runs(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    write_tiny_dataset(tmp_path / "data")
+def _write_rerank_experiment(folder: Path) -> tuple[str, str, str]:
+    """A grid with one + row: GRU4Rec's lists re-ranked by the test backbone; (plus, first, second)."""
+    write_tiny_dataset(folder / "data")
     spec = {
         "name": "rr",
         "runs_dir": "out/runs",
@@ -251,8 +251,13 @@ def test_rerank_rows_are_evaluated_from_two_finished_runs(tmp_path, monkeypatch)
             {"backbones": [TEST_BACKBONE]},
         ],
     }
-    (tmp_path / "rr.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    plus, first, second = "tiny/gru4rec/default+/s0", "tiny/gru4rec/default/s0", f"tiny/{TEST_BACKBONE}/default/s0"
+    (folder / "rr.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return "tiny/gru4rec/default+/s0", "tiny/gru4rec/default/s0", f"tiny/{TEST_BACKBONE}/default/s0"
+
+
+def test_rerank_rows_are_evaluated_from_two_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plus, first, second = _write_rerank_experiment(tmp_path)
     out = _invoke("experiment", "rr.yaml", "--dry-run").output
     assert f"todo  {plus}  [re-ranked by {second}; evaluation only]" in out
 
@@ -288,22 +293,7 @@ def test_rerank_rows_whose_inputs_lack_checkpoints_wait_for_reproduce(tmp_path, 
     import shutil
 
     monkeypatch.chdir(tmp_path)
-    write_tiny_dataset(tmp_path / "data")
-    spec = {
-        "name": "rr",
-        "runs_dir": "out/runs",
-        "records_dir": "out/records",
-        "results_dir": "out/results",
-        "datasets": {"tiny": {"path": "data"}},
-        "seeds": [0],
-        "settings": {"train.epochs": 2, "train.patience": None, "model.embedding_dim": 8},
-        "grids": [
-            {"backbones": ["gru4rec"], "rerank_with": {"backbone": TEST_BACKBONE}},
-            {"backbones": [TEST_BACKBONE]},
-        ],
-    }
-    (tmp_path / "rr.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    plus, first, second = "tiny/gru4rec/default+/s0", "tiny/gru4rec/default/s0", f"tiny/{TEST_BACKBONE}/default/s0"
+    plus, first, second = _write_rerank_experiment(tmp_path)
     records_dir, runs_dir = tmp_path / "out/records", tmp_path / "out/runs"
     _invoke("experiment", "rr.yaml", "--threads", "1", "--no-progress")
     made_here = _records(records_dir)
