@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,8 @@ def random_like(model: nn.Module, seed: int) -> nn.Module:
 
 def _load_hf(folder: Path, gguf_file: str | None, spec: str, init: str, seed: int) -> tuple[nn.Module, Any]:
     transformers = _transformers()
+    if not sys.stderr.isatty():  # loading and GGUF de-quantising bars would fill a log file
+        transformers.utils.logging.disable_progress_bar()
     kwargs: dict[str, Any] = {"local_files_only": True}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
