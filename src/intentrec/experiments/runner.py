@@ -445,8 +445,8 @@ def _unusable_inputs(experiment: Experiment, run_ids: tuple[str, ...]) -> str | 
         only = " ".join(f"--only {shlex.quote(r)}" for r in gone)
         has = "has a record but no checkpoint" if len(gone) == 1 else "have records but no checkpoints"
         return (
-            f"{', '.join(gone)} {has} here (run folders made on another machine); "
-            f"retrain it with: intentrec experiment {shlex.quote(experiment.spec_file)} --reproduce {only}"
+            f"{', '.join(gone)} {has} here (trained on another machine, or the run folder was removed); "
+            f"retrain from the record with: intentrec experiment {shlex.quote(experiment.spec_file)} --reproduce {only}"
         )
     if differ:
         return f"the checkpoint of {', '.join(differ)} was retrained and did not reproduce its record"
