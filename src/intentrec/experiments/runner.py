@@ -308,9 +308,9 @@ def reproduce_runs(experiment: Experiment, options: RunOptions, echo: Echo = pri
             return False
         return _lacks_ranks(state) or state.run.run_id in needed
 
-    candidates = [s for s in experiment.states(selected) if wanted(s)]
-    candidates += [s for s in experiment.states([r for r in experiment.runs if r.run_id in needed]) if wanted(s)]
-    candidates = list({s.run.run_id: s for s in candidates}.values())
+    # the selection, then the inputs it reads from outside it
+    considered = [*selected, *(r for r in experiment.runs if r.run_id in needed and r not in selected)]
+    candidates = [s for s in experiment.states(considered) if wanted(s)]
     limit = len(candidates) if options.max_runs is None else min(options.max_runs, len(candidates))
     for_others = sum(s.run.run_id in needed for s in candidates)
     echo(
@@ -368,8 +368,7 @@ def reproduce_runs(experiment: Experiment, options: RunOptions, echo: Echo = pri
         else:
             echo(f"{step}: warning: did NOT reproduce, largest test metric difference {worst:.4f}; no ranks added")
     written = write_report(experiment.report())
-    remaining = sum(wanted(s) for s in experiment.states(selected))
-    remaining += sum(wanted(s) for s in experiment.states([r for r in experiment.runs if r.run_id in needed]))
+    remaining = sum(wanted(s) for s in experiment.states(considered))
     return Outcome(trained, remaining, written, busy)
 
 
