@@ -2,7 +2,7 @@
 
     intentrec llm-rank runs/data/beauty-semsr --baseline fs --llm qwen0.5b --sample 500 --seed 0 \\
         --json > fs-qwen0.5b.json
-    python benchmarks/llm_rank_table.py fs-qwen0.5b.json --records benchmarks/records/semsr-beauty \\
+    python benchmarks/llm_rank_table.py fs-qwen0.5b.json --experiment experiments/semsr-beauty.yaml \\
         --out docs/results/semsr-beauty-llm-rank.md
 
 An `intentrec llm-rank` report lists the test examples it ranked (`sample.example_ids`). Every
@@ -11,7 +11,9 @@ record of the grid keeps the exact target rank of each test example under its se
 are read from its records, no checkpoint needed: for each seed, the metrics of the ranks of the
 sampled examples, then the mean over seeds. This equals `intentrec evaluate RUN --sample N --seed S`
 on the run folder (same examples, same ranks). The reports must share one sample and the records'
-dataset fingerprint must be the reports' — each is an error otherwise. Paper-mode rows are left out.
+dataset fingerprint must be the reports' — each is an error otherwise. Rows follow the grid's order;
+only its finished runs count (a record made with other settings than the grid's now is stale and left
+out, as in the experiment report), and paper-mode rows are left out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, mean_std, write_markdown  # noqa: E402
 
+from intentrec.errors import IntentrecError  # noqa: E402
 from intentrec.evaluation.metrics import metrics_from_ranks  # noqa: E402
+from intentrec.experiments.plan import expand, read_record, run_status  # noqa: E402
 from intentrec.experiments.significance import RANKS_KEY, decode_ranks  # noqa: E402
+from intentrec.experiments.spec import load_spec  # noqa: E402
 
 KS = (5, 10, 20, 50, 100)
 COLUMNS = [f"{m}@{k}" for k in (20, 100) for m in ("HR", "MRR", "NDCG")]
@@ -63,28 +67,29 @@ def sample_metrics(record: dict[str, Any], ids: np.ndarray, where: str) -> tuple
     return metrics_from_ranks(ranks.ranks[pos], ks), ranks.cap
 
 
-def trained_rows(records_dir: Path, ids: np.ndarray, fingerprint: str) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str, str], list[dict[str, float]]] = defaultdict(list)
-    for path in sorted(records_dir.rglob("*.json")):
-        record = _read(path)
-        if record.get("paper_mode") or RANKS_KEY not in record:
+def trained_rows(experiment: Path, ids: np.ndarray, fingerprint: str) -> tuple[list[dict[str, Any]], Path]:
+    spec = load_spec(experiment)
+    groups: dict[tuple, list[dict[str, float]]] = {}
+    for run in expand(spec):
+        path = run.record_path(spec.records_dir)
+        record = read_record(path)
+        if run.paper_mode or run_status(run, record)[0] != "done" or RANKS_KEY not in record:
             continue
         got = (record.get("dataset") or {}).get("fingerprint")
         if got != fingerprint:
             raise TableError(f"{path}: dataset fingerprint {got} is not the LLM reports' {fingerprint}")
-        metrics, _ = sample_metrics(record, ids, str(path))
-        key = (record["backbone"], record.get("method") or "—", record.get("variant") or "default")
-        groups[key].append(metrics)
+        groups.setdefault(run.group, []).append(sample_metrics(record, ids, str(path))[0])
     rows = []
-    for (backbone, method, variant), runs in groups.items():
+    for (_, backbone, method, variant), runs in groups.items():
         cells = {}
         for col in COLUMNS:
             values = [100 * m[col] for m in runs if col in m]
             if values:
                 mean, std = mean_std(values)
                 cells[col] = f"{mean:.2f}" + (f" ± {std:.2f}" if len(values) > 1 else "")
-        rows.append({"row": f"{backbone} / {method} / {variant}", "n": len(runs), "cells": cells, "extra": ""})
-    return rows
+        label = f"{backbone} / {method or '—'} / {variant}"
+        rows.append({"row": label, "n": len(runs), "cells": cells, "extra": ""})
+    return rows, Path(spec.records_dir)
 
 
 def llm_rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -97,6 +102,14 @@ def llm_rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
         per_prompt = f"{seconds / generated:.2f} s/prompt" if generated else "answers stored earlier"
         unranked = ", ".join(f"{k} {counts[k]}" for k in ("missing", "stale", "empty", "garbage", "no_rationale"))
         extra = f"ranked {counts['ranked']}/{counts['examples']} ({unranked}); {per_prompt}"
+        if "answers" in report:
+            a = report["answers"]
+            extra += (
+                f"; {a['distinct_titles']} distinct titles, the most common one "
+                f"{100 * a['most_common_title_share']:.0f} % of answers"
+            )
+            if report.get("few_shot"):
+                extra += f", {a['copied_example_answer']} copy a few-shot example's answer"
         rows.append({"row": llm_label(report), "n": 1, "cells": cells, "extra": extra})
     return rows
 
@@ -133,7 +146,7 @@ def render(reports: list[dict[str, Any]], rows: list[dict[str, Any]], records_di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", type=Path, nargs="+", help="intentrec llm-rank --json reports")
-    parser.add_argument("--records", type=Path, required=True, help="the grid's records folder")
+    parser.add_argument("--experiment", type=Path, required=True, help="the grid (experiment YAML)")
     parser.add_argument("--out", type=Path, help="markdown file to write (default: print only)")
     args = parser.parse_args()
     try:
@@ -146,11 +159,12 @@ def main() -> int:
             if report["dataset_fingerprint"] != fingerprint:
                 raise TableError(f"{path}: made on another dataset than {args.reports[0]}")
         ids = np.asarray(sorted(ids0), dtype=np.int64)
-        rows = llm_rows(reports) + trained_rows(args.records, ids, fingerprint)
-    except TableError as exc:
+        trained, records_dir = trained_rows(args.experiment, ids, fingerprint)
+        rows = llm_rows(reports) + trained
+    except (TableError, IntentrecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    text = render(reports, rows, args.records)
+    text = render(reports, rows, records_dir)
     print(text)
     if args.out:
         write_markdown(args.out, text)

@@ -190,6 +190,25 @@ def test_fs_ranks_every_example_exactly_and_counts_the_unusable(dataset, store):
     ds = PreparedDataset(dataset)
     assert report["few_shot"]["example_ids"] == ds.examples("train").example_ids[few_shot_rows(ds, 3)].tolist()
     assert report["sample"]["example_ids"] == ds.examples("test").example_ids.tolist()
+    answered = [2, 3, 4, 2, 3, 5, 6, 8, 2, 3, 4]  # the items named by the 11 usable answers
+    shots = {int(t) for t in ds.examples("train").targets[few_shot_rows(ds, 3)]}  # items 3, 4, 7: 5 copies
+    assert report["answers"] == {
+        "distinct_titles": 6,
+        "most_common_title_share": round(3 / 11, 4),
+        "copied_example_answer": sum(a in shots for a in answered),  # = 5
+    }
+
+
+def test_answer_diversity_counts_repeats_and_copied_example_answers():
+    from intentrec.evaluation.llm_ranker import answer_diversity
+
+    got = answer_diversity(["Gel, 8 oz", "gel,  8 OZ", None, "Soap", "Gel, 8 oz"], ["Gel, 8 oz", "Brush"])
+    assert got == {"distinct_titles": 2, "most_common_title_share": 0.75, "copied_example_answer": 3}
+    assert answer_diversity([None, None], []) == {
+        "distinct_titles": 0,
+        "most_common_title_share": 0.0,
+        "copied_example_answer": 0,
+    }
 
 
 def test_zcot_second_call_sees_the_rationale_and_a_rerun_makes_no_call(dataset, store):

@@ -32,6 +32,7 @@ the worst rank, the number of items, and are counted by reason.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,6 +305,7 @@ def llm_ranking(
         return parsed_answers(answer_store, fingerprint, template, identity["model_sha256"], ids, **template_options)
 
     few_shot: dict[str, Any] | None = None
+    shot_answers: list[str] = []  # the few-shot examples' next titles (fs, fscot)
     try:
         templates = BASELINES[baseline]
         example_rationales: dict[int, str] | None = None
@@ -312,6 +314,8 @@ def llm_ranking(
             shot_rows = few_shot_rows(ds, max_examples)
             shot_ids = [int(e) for e in ds.examples("train").example_ids[shot_rows]]
             few_shot = {"split": "train", "example_ids": shot_ids}
+            item_titles = ds.titles()
+            shot_answers = [item_titles[int(t) - 1] or "" for t in ds.examples("train").targets[shot_rows]]
             if baseline == "fscot":
                 call(EXAMPLE_RATIONALE_TEMPLATE, shot_rows, rationale_decoding, step_split="train")
                 got = parsed(EXAMPLE_RATIONALE_TEMPLATE, shot_ids)
@@ -361,6 +365,7 @@ def llm_ranking(
     counts["unranked"] = counts["examples"] - counts["ranked"]
     if rationale_statuses is not None:
         counts["rationales"] = {s: rationale_statuses.count(s) for s in sorted(set(rationale_statuses))}
+    answers = answer_diversity(titles, shot_answers)
     generated = sum(s["generated"] for s in steps)
     step_seconds = sum(s["seconds"] for s in steps)
     sample_info = {
@@ -389,6 +394,7 @@ def llm_ranking(
         "ks": list(ks),
         "metrics": metrics_from_ranks(ranks, ks),
         "counts": counts,
+        "answers": answers,
         "sample": sample_info,
         "few_shot": few_shot,
         "decoding": {"title": decoding.key_dict(), "rationale": rationale_decoding.key_dict()},
@@ -400,6 +406,23 @@ def llm_ranking(
         "ranking_seconds": round(ranking_seconds, 3),
         "prompts_per_second": round(generated / step_seconds, 4) if generated and step_seconds > 0 else 0.0,
         "evaluate_same_sample": _evaluate_hint(split, sample, seed, limit),
+    }
+
+
+def answer_diversity(titles: Sequence[str | None], example_answers: Sequence[str]) -> dict[str, Any]:
+    """How varied the usable answers are: a small LLM often repeats one title, or copies the answer of
+    a few-shot example, for most sessions (titles compared case- and space-insensitively)."""
+
+    def norm(text: str) -> str:
+        return " ".join(text.lower().split())
+
+    used = [norm(t) for t in titles if t]
+    shots = {norm(t) for t in example_answers if t}
+    top = Counter(used).most_common(1)
+    return {
+        "distinct_titles": len(set(used)),
+        "most_common_title_share": round(top[0][1] / len(used), 4) if top else 0.0,
+        "copied_example_answer": sum(t in shots for t in used),
     }
 
 
