@@ -13,6 +13,7 @@ import time
 import pytest
 
 from intentrec.data.dataset import PreparedDataset
+from intentrec.errors import IntentrecError
 from intentrec.semantic.infer import run_inference
 from intentrec.semantic.llm.base import DecodingConfig
 from intentrec.semantic.store import AnswerStore, dataset_fingerprint
@@ -49,6 +50,25 @@ def test_real_generation_lands_in_the_store(tiny, tmp_path, monkeypatch):
         assert sorted(records) == ids and store.stats()["answers"] == 6
         assert all(r.answer.strip() and r.completion_tokens > 0 and r.prompt_tokens > 0 for r in records.values())
         assert {r.model for r in records.values()} == {"smollm2"}
+
+
+def test_prompts_too_long_for_the_context_are_refused_before_any_call(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("INTENTREC_HOME", str(tmp_path))
+    with AnswerStore(tmp_path / "answers.sqlite") as store:
+        # the prompts have 108-209 tokens; llama.cpp rounds the context up to 256 cells, so with
+        # 64 answer tokens the longest few do not fit and the others do
+        with pytest.raises(IntentrecError, match=r"\b([1-9]|[1-3]\d) of 40 prompts do not fit the 256-token") as err:
+            run_inference(
+                tiny,
+                template="llm4sbr-short",
+                llm="smollm2",
+                store=store,
+                progress=False,
+                decoding=DecodingConfig(max_tokens=64),
+                llm_options={"n_parallel": 2, "n_ctx_per_seq": 160},
+            )
+        assert "n_ctx_per_seq" in str(err.value) and "max_session_items" in str(err.value)
+        assert store.stats()["answers"] == 0  # nothing was generated, not even the prompts that fit
 
 
 def _infer_cmd(dataset, home):

@@ -171,12 +171,21 @@ class _LazyLLM(LLMBackend):
     def identity(self) -> dict[str, str]:
         return self._identity
 
-    def generate(self, prompts, decoding, on_result=None) -> list[Generation]:
+    def _loaded(self) -> LLMBackend:
         if self._backend is None:
             from intentrec.semantic.llm import get_llm
 
             self._backend = get_llm(self.spec, **self.options)
-        return self._backend.generate(prompts, decoding, on_result)
+        return self._backend
+
+    def generate(self, prompts, decoding, on_result=None) -> list[Generation]:
+        return self._loaded().generate(prompts, decoding, on_result)
+
+    def prompt_length(self, prompt) -> int | None:
+        return self._loaded().prompt_length(prompt)
+
+    def context_tokens(self) -> int | None:
+        return self._loaded().context_tokens()
 
     def close(self) -> None:
         if self._backend is not None:

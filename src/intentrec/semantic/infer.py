@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from intentrec.data.dataset import PreparedDataset
-from intentrec.errors import ConfigError, DataError
+from intentrec.errors import ConfigError, DataError, IntentrecError
 from intentrec.semantic.llm import get_llm, resolve_llm_identity
 from intentrec.semantic.llm.base import DecodingConfig, Generation, LLMBackend
 from intentrec.semantic.prompts import (
@@ -322,6 +322,7 @@ def run_inference(
             missing.sort(key=lambda k: plan.texts[k])
             backend = llm if isinstance(llm, LLMBackend) else get_llm(llm, **(llm_options or {}))
             try:
+                _check_context(backend, missing, plan, decoding, by_key)
                 generated, prompt_tokens, completion_tokens = _generate_missing(
                     backend, missing, plan, tmpl, identity, decoding, store, link, chunk_size, progress, on_chunk
                 )
@@ -363,6 +364,25 @@ def run_inference(
     finally:
         if own_store:
             store.close()
+
+
+def _check_context(backend: LLMBackend, missing: list[str], plan, decoding: DecodingConfig, by_key) -> None:
+    """Refuse, before the first call, prompts that cannot fit the backend's context with the answer:
+    otherwise the run stops at the first such prompt after generating for minutes."""
+    limit = backend.context_tokens()
+    if limit is None:
+        return
+    lengths = [(backend.prompt_length(plan.messages[k]) or 0, k) for k in missing]
+    too_long = [(n, k) for n, k in lengths if n + decoding.max_tokens > limit]
+    if not too_long:
+        return
+    n, key = max(too_long)
+    raise IntentrecError(
+        f"{len(too_long)} of {len(missing)} prompts do not fit the {limit}-token context per sequence "
+        f"with max_tokens={decoding.max_tokens}; the longest has {n} tokens (example {by_key[key][0]}). "
+        "Raise the context (--llm-set n_ctx_per_seq=N for llama.cpp models) or shorten the prompts "
+        "(--prompt-set max_session_items=N, max_title_words=N, max_examples=N)"
+    )
 
 
 def _generate_missing(backend, missing, plan, tmpl, identity, decoding, store, link, chunk_size, progress, on_chunk):

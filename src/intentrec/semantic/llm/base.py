@@ -125,6 +125,14 @@ class LLMBackend(abc.ABC):
         on_result: OnResult | None = None,
     ) -> list[Generation]: ...
 
+    def prompt_length(self, prompt: Prompt) -> int | None:
+        """Tokens of ``prompt`` as this backend feeds it, or None where it cannot tell before generating."""
+        return None
+
+    def context_tokens(self) -> int | None:
+        """The most tokens (prompt + answer) one sequence may hold, or None where it is not known here."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - an optional hook, not abstract: most backends free nothing
         """Free the model (no-op by default)."""
 

@@ -260,6 +260,12 @@ class LlamaCppBackend(LLMBackend):
     def prompt_tokens(self, messages: Prompt) -> list[int]:
         return self.tokenize(self.render(messages))
 
+    def prompt_length(self, prompt: Prompt) -> int:
+        return len(self.prompt_tokens(prompt))
+
+    def context_tokens(self) -> int:
+        return self.n_ctx_per_seq
+
     def _piece(self, token: int) -> bytes:
         piece = self._piece_cache.get(token)
         if piece is None:
