@@ -99,7 +99,7 @@ def llm_rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cells = {col: f"{100 * m[col]:.2f}" for col in COLUMNS if col in m}
         generated = report.get("generated") or 0
         seconds = report.get("generation_seconds") or 0.0
-        per_prompt = f"{seconds / generated:.2f} s/prompt" if generated else "answers stored earlier"
+        per_prompt = f"{seconds / generated:.2f} s/call ({generated} calls)" if generated else "answers stored earlier"
         unranked = ", ".join(f"{k} {counts[k]}" for k in ("missing", "stale", "empty", "garbage", "no_rationale"))
         extra = f"ranked {counts['ranked']}/{counts['examples']} ({unranked}); {per_prompt}"
         if "answers" in report:

@@ -118,7 +118,7 @@ def test_table_end_to_end_only_finished_runs_and_fingerprint_check(tmp_path):
     assert "| 2 |" in row
     assert "srgnn" not in text
     llm = next(line for line in text.splitlines() if line.startswith("| LLM-as-RS fs — qwen.gguf"))
-    assert "ranked 6/6" in llm and "2.00 s/prompt" in llm
+    assert "ranked 6/6" in llm and "2.00 s/call (6 calls)" in llm
 
     write("beauty/niser/default/s0", np.ones_like(ids), dataset={"fingerprint": "other"})
     failed = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
