@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, mean_std, write_markdown  # noqa: E402
+from _common import command_line, write_markdown  # noqa: E402
 
 from intentrec.errors import IntentrecError  # noqa: E402
 from intentrec.evaluation.metrics import metrics_from_ranks  # noqa: E402
 from intentrec.experiments.plan import expand, read_record, run_status  # noqa: E402
+from intentrec.experiments.report import pct_cell  # noqa: E402
 from intentrec.experiments.significance import RANKS_KEY, decode_ranks  # noqa: E402
 from intentrec.experiments.spec import load_spec  # noqa: E402
 
@@ -81,12 +82,7 @@ def trained_rows(experiment: Path, ids: np.ndarray, fingerprint: str) -> tuple[l
         groups.setdefault(run.group, []).append(sample_metrics(record, ids, str(path))[0])
     rows = []
     for (_, backbone, method, variant), runs in groups.items():
-        cells = {}
-        for col in COLUMNS:
-            values = [100 * m[col] for m in runs if col in m]
-            if values:
-                mean, std = mean_std(values)
-                cells[col] = f"{mean:.2f}" + (f" ± {std:.2f}" if len(values) > 1 else "")
+        cells = {col: pct_cell([m[col] for m in runs]) for col in COLUMNS if all(col in m for m in runs)}
         label = f"{backbone} / {method or '—'} / {variant}"
         rows.append({"row": label, "n": len(runs), "cells": cells, "extra": ""})
     return rows, Path(spec.records_dir)
@@ -96,7 +92,7 @@ def llm_rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for report in reports:
         m, counts = report["metrics"], report["counts"]
-        cells = {col: f"{100 * m[col]:.2f}" for col in COLUMNS if col in m}
+        cells = {col: pct_cell([m[col]]) for col in COLUMNS if col in m}
         generated = report.get("generated") or 0
         seconds = report.get("generation_seconds") or 0.0
         per_prompt = f"{seconds / generated:.2f} s/call ({generated} calls)" if generated else "answers stored earlier"

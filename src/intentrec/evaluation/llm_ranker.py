@@ -321,10 +321,11 @@ def llm_ranking(
         if baseline in ("fs", "fscot"):
             max_examples = get_template(templates[0], **template_options).options.max_examples
             shot_rows = few_shot_rows(ds, max_examples)
-            shot_ids = [int(e) for e in ds.examples("train").example_ids[shot_rows]]
+            train = ds.examples("train")
+            shot_ids = [int(e) for e in train.example_ids[shot_rows]]
             few_shot = {"split": "train", "example_ids": shot_ids}
             item_titles = ds.titles()
-            shot_answers = [item_titles[int(t) - 1] or "" for t in ds.examples("train").targets[shot_rows]]
+            shot_answers = [item_titles[int(t) - 1] or "" for t in train.targets[shot_rows]]
             if baseline == "fscot":
                 call(EXAMPLE_RATIONALE_TEMPLATE, shot_rows, rationale_decoding, step_split="train")
                 got = parsed(EXAMPLE_RATIONALE_TEMPLATE, shot_ids)
